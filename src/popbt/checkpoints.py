@@ -1,0 +1,108 @@
+"""Checkpoint files: written atomically, named uniquely, verified by checksum on load.
+
+Who references which checkpoint is the store's business; this module only guarantees that
+a file that exists under its final name is complete, and that a damaged one is detected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+CHUNK = 1 << 20
+SUFFIX = ".ckpt"
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint is missing, or its bytes do not match the checksum recorded for it."""
+
+
+@dataclass(frozen=True)
+class Written:
+    path: str
+    sha256: str
+    size: int
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class CheckpointDir:
+    """One experiment's checkpoint directory (a shared filesystem path on a cluster)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def write(self, member: int, interval: int, token: str, save: Callable[[str], None]) -> Written:
+        """Call ``save(tmp_path)``, then fsync and rename it into place.
+
+        The final name carries the lease token, so a zombie worker's file can never replace
+        the file of the worker that took its lease over.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"m{member:04d}-i{interval:05d}-{token[:12]}{SUFFIX}"
+        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
+        try:
+            save(str(tmp))
+            if not tmp.is_file():
+                raise RuntimeError(f"save() wrote nothing to the path it was given ({tmp})")
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            digest, size = sha256_file(tmp), tmp.stat().st_size
+            os.replace(tmp, final)
+            _fsync_dir(self.root)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return Written(str(final), digest, size)
+
+    def sweep(self, keep: Iterable[str], older_than: float) -> list[str]:
+        """Delete files no row references (left by a worker killed before its report).
+
+        Only files older than ``older_than`` seconds go, so an in-flight write is never touched.
+        """
+        if not self.root.is_dir():
+            return []
+        keep = {os.path.abspath(p) for p in keep}
+        cutoff = time.time() - older_than
+        removed = []
+        for path in self.root.iterdir():
+            if (path.name.endswith(SUFFIX) or path.name.startswith(".tmp-")) \
+                    and str(path.absolute()) not in keep and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed.append(str(path))
+        return removed
+
+
+def verify(path: str, sha256: str) -> None:
+    """Raise CorruptCheckpoint unless ``path`` exists and matches ``sha256``."""
+    if not os.path.isfile(path):
+        raise CorruptCheckpoint(f"checkpoint {path} is missing")
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise CorruptCheckpoint(f"checkpoint {path} is corrupt (sha256 {actual[:12]}, expected {sha256[:12]})")
+
+
+def delete(paths: Iterable[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,229 @@
+"""``popbt run`` and ``popbt worker`` as Python functions: create or resume an experiment,
+start local worker processes, show progress, and hand back the best member.
+
+Local workers are separate processes running ``python -m popbt worker``, exactly what a
+user starts by hand on another GPU or machine; the launcher only watches the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+
+from . import analysis, checkpoints, live
+from .experiment import ConfigError, Spec, check_name, check_resume, load_spec
+from .store import Experiment, NotFound, SQLStore, mask_url, open_store
+from .worker import Worker, WorkerStats
+
+log = logging.getLogger("popbt")
+
+DEFAULT_DIR = "popbt-runs"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where an experiment lives: the run directory and the storage URL."""
+
+    dir: Path
+    storage: str
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    experiment: str
+    finished: bool
+    best: analysis.Best | None
+    storage: str
+
+
+def place(dir: str | os.PathLike | None = None, storage: str | None = None, create: bool = True) -> Place:
+    """Resolve ``--dir`` and ``--storage`` (flag, then env POPBT_STORAGE, then DIR/popbt.db)."""
+    root = Path(dir or os.environ.get("POPBT_DIR") or DEFAULT_DIR).absolute()
+    url = storage or os.environ.get("POPBT_STORAGE")
+    if create or url is None:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create run directory {root}: {e.strerror}") from None
+        if not os.access(root, os.W_OK):
+            raise ConfigError(f"run directory {root} is not writable")
+    return Place(root, url or f"sqlite:///{root / 'popbt.db'}")
+
+
+def detect_devices() -> list[str]:
+    """The GPUs present (when torch is installed and sees them), else the CPU."""
+    try:
+        import torch
+    except ImportError:
+        return ["cpu"]
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+
+
+def parse_devices(devices: str | Sequence[str] | None) -> list[str]:
+    if devices is None:
+        return detect_devices()
+    items = devices.split(",") if isinstance(devices, str) else list(devices)
+    items = [d.strip() for d in items if d.strip()]
+    if not items:
+        raise ConfigError("--devices is empty")
+    return items
+
+
+def open_experiment(store: SQLStore, spec: Spec, place: Place, name: str | None,
+                    overrides: dict[str, Any]) -> tuple[Experiment, bool]:
+    """Resume the unfinished experiment of that name, or create a new one.
+
+    Without ``--name``, a finished experiment is left as it is and a new one gets the next
+    free name (digits, digits-2, ...); so running the same command again resumes or starts
+    afresh, and never redoes finished work.
+    """
+    base = check_name(name, "experiment name") if name else spec.stem
+    candidate, n = base, 1
+    while True:
+        try:
+            exp = store.experiment(candidate)
+        except NotFound:
+            break
+        if exp.status != "finished" or name:
+            check_resume(exp.config, overrides)
+            return exp, False
+        n += 1
+        candidate = f"{base}-{n}"
+    config = spec.config(candidate, **overrides)
+    ckpt_dir = place.dir / "checkpoints" / config.name
+    return store.create_experiment(config, str(ckpt_dir)), True
+
+
+def run(spec: str, *, name: str | None = None, population: int | None = None,
+        intervals: int | None = None, workers: int | None = None,
+        devices: str | Sequence[str] | None = None, sync: bool | None = None, seed: int | None = None,
+        quantile: float | None = None, search: str | None = None, storage: str | None = None,
+        dir: str | os.PathLike | None = None, console: Console | None = None) -> RunSummary:
+    """Create or resume an experiment and train it with ``workers`` local processes.
+
+    ``workers=0`` only creates the experiment, for workers started elsewhere.
+    """
+    console = console or Console()
+    loaded = load_spec(spec)
+    where = place(dir, storage)
+    overrides = dict(population=population, intervals=intervals, sync=sync, seed=seed,
+                     quantile=quantile, search=search)
+    device_list = parse_devices(devices)
+    store = open_store(where.storage)
+    try:
+        exp, created = open_experiment(store, loaded, where, name, overrides)
+        verb = "created" if created else "resuming"
+        console.print(f"popbt: {verb} experiment [bold]{exp.name}[/] "
+                      f"(population {exp.config.population}, {exp.config.intervals} intervals, "
+                      f"{'sync' if exp.config.sync else 'async'}, seed {exp.config.seed}) "
+                      f"in {mask_url(where.storage)}", highlight=False)
+        if exp.status == "finished":
+            return summarize(store, exp, where.storage)
+        sweep(store, exp)
+        n = workers if workers is not None else loaded.defaults.get("workers", default_workers(device_list))
+        if n < 0:
+            raise ConfigError(f"--workers must be 0 or more, got {n}")
+        if n == 0:
+            console.print(f"popbt: start workers with: popbt worker {spec} --experiment {exp.name} "
+                          f"--storage {mask_url(where.storage)}", highlight=False)
+            return summarize(store, exp, where.storage)
+        procs = spawn_workers(spec, exp, where, device_list, n)
+        try:
+            live.watch(store, exp, lambda: any(p.poll() is None for p in procs), console)
+        except KeyboardInterrupt:
+            stop_workers(procs)
+            counts = store.progress(exp.id)
+            console.print(f"\npopbt: stopped with {counts.done}/{counts.total} intervals done; "
+                          f"run the same command again to resume.", highlight=False)
+            raise
+        codes = [p.wait() for p in procs]
+        summary = summarize(store, exp, where.storage)
+        if not summary.finished:
+            logs = where.dir / "logs" / exp.name
+            raise RuntimeError(f"all workers exited (codes {codes}) before experiment {exp.name!r} "
+                               f"finished; see {logs}")
+        return summary
+    finally:
+        store.close()
+
+
+def default_workers(devices: Sequence[str]) -> int:
+    if all(d == "cpu" for d in devices):
+        return max(1, min(2, os.cpu_count() or 1))
+    return len(devices)
+
+
+def sweep(store: SQLStore, exp: Experiment) -> None:
+    """Remove checkpoint files that workers killed before reporting left behind."""
+    keep = [c.path for c in store.live_checkpoints(exp.id)]
+    removed = checkpoints.CheckpointDir(exp.checkpoint_dir).sweep(keep, older_than=2 * exp.config.lease_seconds)
+    if removed:
+        log.info("removed %d orphaned checkpoint files", len(removed))
+
+
+def spawn_workers(spec: str, exp: Experiment, where: Place, devices: Sequence[str], n: int) -> list[subprocess.Popen]:
+    """Start ``n`` worker processes, devices assigned round-robin, CPU cores split evenly."""
+    logs = where.dir / "logs" / exp.name
+    logs.mkdir(parents=True, exist_ok=True)
+    assigned = [devices[i % len(devices)] for i in range(n)]
+    on_cpu = sum(d == "cpu" for d in assigned) or 1
+    threads = max(1, (os.cpu_count() or 1) // on_cpu)
+    procs = []
+    for i, device in enumerate(assigned):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        cmd = [sys.executable, "-m", "popbt", "worker", spec, "--experiment", exp.name,
+               "--storage", where.storage, "--device", device, "--threads", str(threads),
+               "--dir", str(where.dir)]
+        with open(logs / f"worker-{i}.log", "ab") as out:
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                          stdin=subprocess.DEVNULL))
+    return procs
+
+
+def stop_workers(procs: Sequence[subprocess.Popen], grace: float = 30.0) -> None:
+    """Ask each worker to stop (it releases its lease), then wait; kill only stragglers."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def summarize(store: SQLStore, exp: Experiment, storage: str) -> RunSummary:
+    rows = store.history(exp.id)
+    finished = store.experiment_by_id(exp.id).status == "finished"
+    return RunSummary(exp.name, finished, analysis.best(rows, exp.config), storage)
+
+
+def work(spec: str, *, experiment: str = "latest", device: str = "cpu", storage: str | None = None,
+         dir: str | os.PathLike | None = None, threads: int | None = None,
+         stop: threading.Event | None = None) -> WorkerStats:
+    """Join an experiment and train its tasks until it is finished (``popbt worker``)."""
+    loaded = load_spec(spec)
+    where = place(dir, storage, create=False)
+    store = open_store(where.storage)
+    try:
+        exp = store.experiment(experiment)
+        worker = Worker(store, exp, loaded, device=device, threads=threads)
+        log.info("worker %s joins experiment %s on %s (%s)", worker.name, exp.name, device,
+                 mask_url(where.storage))
+        stats = worker.run(stop)
+        log.info("worker %s done: %d intervals trained, %d failed, %d lost leases",
+                 worker.name, stats.done, stats.failed, stats.lost)
+        return stats
+    finally:
+        store.close()

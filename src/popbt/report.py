@@ -1,0 +1,110 @@
+"""Reading an experiment back: the Python API behind ``popbt list``, ``status`` and ``best``,
+and the tables that show them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from . import analysis
+from .launch import place
+from .store import Event, Experiment, Progress, Row, open_store
+
+
+@dataclass(frozen=True)
+class Status:
+    experiment: Experiment
+    progress: Progress
+    population: list[Row]
+    events: list[Event]
+
+
+def experiments(storage: str | None = None, dir: str | os.PathLike | None = None) -> list[tuple[Experiment, Progress]]:
+    store = open_store(place(dir, storage, create=False).storage)
+    try:
+        return [(e, store.progress(e.id)) for e in store.experiments()]
+    finally:
+        store.close()
+
+
+def status(experiment: str = "latest", storage: str | None = None,
+           dir: str | os.PathLike | None = None) -> Status:
+    store = open_store(place(dir, storage, create=False).storage)
+    try:
+        exp = store.experiment(experiment)
+        return Status(exp, store.progress(exp.id), analysis.population(store.history(exp.id)),
+                      store.events(exp.id, limit=10))
+    finally:
+        store.close()
+
+
+def best(experiment: str = "latest", storage: str | None = None,
+         dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The best member as JSON-ready data (experiment, member, score, weights, schedule)."""
+    store = open_store(place(dir, storage, create=False).storage)
+    try:
+        exp = store.experiment(experiment)
+        found = analysis.best(store.history(exp.id), exp.config)
+        if found is None:
+            return None
+        data = found.to_json(exp.name, exp.config.metric)
+        data["finished"] = exp.status == "finished"
+        return data
+    finally:
+        store.close()
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def experiments_table(items: list[tuple[Experiment, Progress]]) -> Table:
+    table = Table(title="experiments")
+    for col in ("name", "status", "mode", "population", "intervals done", "best"):
+        table.add_column(col)
+    for exp, p in items:
+        cfg = exp.config
+        best = f"{cfg.metric} {fmt(p.best_score)} (member {p.best_member})" if p.best_score is not None else ""
+        table.add_row(exp.name, exp.status, "sync" if cfg.sync else "async", str(cfg.population),
+                      f"{p.done}/{p.total}", best)
+    return table
+
+
+def status_table(st: Status) -> Table:
+    cfg = st.experiment.config
+    p = st.progress
+    table = Table(title=f"{st.experiment.name}: {st.experiment.status}, {p.done}/{p.total} intervals")
+    names = list(cfg.space)
+    for col in ("member", "interval", cfg.metric, *names, "state", "parent", "device"):
+        table.add_column(col, justify="right" if col not in ("state", "device") else "left")
+    for r in st.population:
+        parent = f"{r.parent}@{r.parent_interval}" if r.parent is not None and r.parent != r.member else ""
+        state = r.state if not r.error or r.state == "done" else f"{r.state} ({r.error})"
+        table.add_row(str(r.member), str(r.interval), fmt(r.score), *(fmt(r.hparams.get(n)) for n in names),
+                      state, parent, r.device or "")
+    return table
+
+
+def print_best(console: Console, data: dict[str, Any], hint: bool = False) -> None:
+    verdict = "best" if data["finished"] else "best so far"
+    console.print(f"{verdict}: member {data['member']} of {data['experiment']}, "
+                  f"{data['metric']} {data['score']:.6g} at interval {data['interval']}", highlight=False)
+    schedule = data["schedule"]
+    names = list(schedule[0]["hparams"]) if schedule else []
+    table = Table(title="its hyperparameter schedule (following its ancestry through exploits)")
+    for col in ("interval", "trained as member", *names, data["metric"]):
+        table.add_column(col, justify="right")
+    for step in schedule:
+        table.add_row(str(step["interval"]), str(step["member"]),
+                      *(fmt(step["hparams"][n]) for n in names), fmt(step["score"]))
+    console.print(table)
+    console.print(f"weights: {data['weights']}", highlight=False, soft_wrap=True)
+    if hint:
+        console.print("load them with: popbt.torch.load_weights(model, path), or "
+                      "torch.load(path, weights_only=True)['model']", highlight=False)

@@ -1,0 +1,34 @@
+"""Storage: the abstract contract and its one SQLAlchemy implementation."""
+
+from .base import (
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SCHEMA_VERSION,
+    Checkpoint,
+    Event,
+    Experiment,
+    LeaseLost,
+    NotFound,
+    Outcome,
+    Progress,
+    Result,
+    Row,
+    Store,
+    StoreError,
+    Task,
+)
+from .sql import SQLStore, mask_url
+
+
+def open_store(url: str) -> SQLStore:
+    """Open (and on first use, create) the popbt tables at a SQLAlchemy URL."""
+    return SQLStore(url)
+
+
+__all__ = [
+    "DONE", "FAILED", "PENDING", "RUNNING", "SCHEMA_VERSION", "Checkpoint", "Event", "Experiment",
+    "LeaseLost", "NotFound", "Outcome", "Progress", "Result", "Row", "Store", "StoreError", "Task",
+    "SQLStore", "mask_url", "open_store",
+]

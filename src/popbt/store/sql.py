@@ -1,0 +1,552 @@
+"""The Store on SQLAlchemy Core: one implementation for sqlite and PostgreSQL.
+
+sqlite: an autocommit DBAPI connection with an explicit ``BEGIN IMMEDIATE`` per
+transaction (so a claim's read and write are one serialised step), WAL and a busy
+timeout. PostgreSQL: ``FOR UPDATE SKIP LOCKED`` makes concurrent claims skip each other's
+rows instead of waiting. Everything else is the same SQL.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Callable, Iterable, TypeVar
+
+from sqlalchemy import and_, create_engine, event, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+
+from .. import strategy
+from ..experiment import ConfigError, ExperimentConfig
+from ..space import sample_space
+from . import schema as s
+from .base import (
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SCHEMA_VERSION,
+    Checkpoint,
+    Event,
+    Experiment,
+    LeaseLost,
+    NotFound,
+    Outcome,
+    Progress,
+    Result,
+    Row,
+    Store,
+    StoreError,
+    Task,
+)
+
+T = TypeVar("T")
+ACTIVE = (PENDING, RUNNING)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs and errors."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<malformed URL>"
+
+
+def _engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"storage URL {url!r} is malformed (expected e.g. sqlite:///popbt.db)") from None
+    if parsed.drivername == "postgresql":  # psycopg 3, not SQLAlchemy's default psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise StoreError(f"storage {mask_url(url)}: only sqlite and postgresql are supported")
+    if backend == "sqlite":
+        return _sqlite_engine(parsed)
+    try:
+        return create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args={"connect_timeout": 10})
+    except Exception as e:
+        raise StoreError(f"storage {mask_url(url)}: {e}") from None
+
+
+def _sqlite_engine(url) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class SQLStore(Store):
+    """See ``Store`` for the contract; this class only adds how it is done in SQL."""
+
+    def __init__(self, url: str, retries: int = 5) -> None:
+        self.url = url
+        self.engine = _engine(url)
+        self.dialect = self.engine.dialect.name
+        self.retries = retries
+        self._configs: dict[int, ExperimentConfig] = {}
+        self._run(self._ensure_schema)
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in one transaction; retry a lost connection or a locked database."""
+        for attempt in range(self.retries + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            except OperationalError as e:
+                if attempt == self.retries:
+                    raise StoreError(f"storage {mask_url(self.url)}: {_first_line(e)}") from None
+                time.sleep(min(0.2 * 2**attempt, 5.0))
+        raise AssertionError("unreachable")
+
+    def _ensure_schema(self, conn: Connection) -> None:
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7240317)")
+        s.metadata.create_all(conn)
+        row = conn.execute(select(s.meta.c.value).where(s.meta.c.key == "schema_version")).first()
+        if row is None:
+            conn.execute(insert(s.meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+        elif row.value != str(SCHEMA_VERSION):
+            raise StoreError(
+                f"database {mask_url(self.url)} has popbt schema version {row.value}; "
+                f"this popbt uses version {SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def config(self, experiment_id: int) -> ExperimentConfig:
+        if experiment_id not in self._configs:
+            row = self._run(lambda c: c.execute(
+                select(s.experiments.c.config).where(s.experiments.c.id == experiment_id)).one())
+            self._configs[experiment_id] = ExperimentConfig.from_json(row.config)
+        return self._configs[experiment_id]
+
+    # -- experiments ----------------------------------------------------------------
+
+    def create_experiment(self, config: ExperimentConfig, checkpoint_dir: str) -> Experiment:
+        hparams = strategy.initial_population(config.space, config.population, config.seed)
+
+        def tx(conn: Connection) -> int:
+            now = _now(conn)
+            try:
+                exp_id = conn.execute(insert(s.experiments).values(
+                    name=config.name, config=config.to_json(), status="running",
+                    checkpoint_dir=checkpoint_dir, created_at=now,
+                ).returning(s.experiments.c.id)).scalar_one()
+            except IntegrityError:
+                raise ConfigError(f"experiment {config.name!r} already exists") from None
+            conn.execute(insert(s.tasks), [
+                dict(experiment_id=exp_id, member=m, interval=0, state=PENDING, hparams=h,
+                     attempts=0, replacements=0)
+                for m, h in enumerate(hparams)
+            ])
+            return exp_id
+
+        return self.experiment_by_id(self._run(tx))
+
+    def experiment_by_id(self, experiment_id: int) -> Experiment:
+        row = self._run(lambda c: c.execute(
+            select(s.experiments).where(s.experiments.c.id == experiment_id)).first())
+        return _experiment(row)
+
+    def experiment(self, name: str) -> Experiment:
+        query = select(s.experiments)
+        if name == "latest":
+            query = query.order_by(s.experiments.c.id.desc()).limit(1)
+        else:
+            query = query.where(s.experiments.c.name == name)
+        row = self._run(lambda c: c.execute(query).first())
+        if row is None:
+            raise NotFound("no experiments yet" if name == "latest" else f"no experiment named {name!r}")
+        return _experiment(row)
+
+    def experiments(self) -> list[Experiment]:
+        rows = self._run(lambda c: c.execute(select(s.experiments).order_by(s.experiments.c.id)).all())
+        return [_experiment(r) for r in rows]
+
+    # -- the queue --------------------------------------------------------------------
+
+    def claim(self, experiment_id: int, worker: str, device: str) -> Task | None:
+        cfg = self.config(experiment_id)
+        t = s.tasks
+
+        def tx(conn: Connection) -> Task | None:
+            now = _now(conn)
+            claimable = or_(t.c.state == PENDING, and_(t.c.state == RUNNING, t.c.lease_expires < now))
+            cand = conn.execute(
+                select(t.c.id, t.c.state, t.c.worker, t.c.member, t.c.interval)
+                .where(t.c.experiment_id == experiment_id, claimable)
+                .order_by(t.c.interval, t.c.member)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if cand is None:
+                return None
+            token = uuid.uuid4().hex
+            claimed = conn.execute(
+                update(t).where(t.c.id == cand.id, claimable).values(
+                    state=RUNNING, lease_token=token, lease_expires=now + cfg.lease_seconds,
+                    worker=worker, device=device, started_at=now,
+                ).returning(t.c.member, t.c.interval, t.c.hparams, t.c.start_checkpoint_id, t.c.attempts)
+            ).first()
+            if claimed is None:
+                return None
+            if cand.state == RUNNING:
+                _event(conn, experiment_id, cand.member, cand.interval, "lease_expired",
+                       f"lease of {cand.worker} expired; {worker} takes over", worker, now)
+            start = _checkpoint(conn, claimed.start_checkpoint_id)
+            return Task(cand.id, experiment_id, claimed.member, claimed.interval,
+                        dict(claimed.hparams), start, token, claimed.attempts)
+
+        return self._run(tx)
+
+    def heartbeat(self, task: Task) -> bool:
+        cfg = self.config(task.experiment_id)
+
+        def tx(conn: Connection) -> bool:
+            res = conn.execute(update(s.tasks).where(*_fence(task)).values(
+                lease_expires=_now(conn) + cfg.lease_seconds))
+            return res.rowcount == 1
+
+        return self._run(tx)
+
+    def release(self, task: Task) -> bool:
+        def tx(conn: Connection) -> bool:
+            res = conn.execute(update(s.tasks).where(*_fence(task)).values(
+                state=PENDING, lease_token=None, lease_expires=None))
+            return res.rowcount == 1
+
+        return self._run(tx)
+
+    def report(self, task: Task, result: Result) -> Outcome:
+        cfg = self.config(task.experiment_id)
+
+        def tx(conn: Connection) -> Outcome:
+            now = _now(conn)
+            ckpt_id = conn.execute(insert(s.checkpoints).values(
+                experiment_id=task.experiment_id, member=task.member, interval=task.interval,
+                path=result.path, sha256=result.sha256, size=result.size, state="live",
+                created_at=now,
+            ).returning(s.checkpoints.c.id)).scalar_one()
+            done = conn.execute(update(s.tasks).where(*_fence(task)).values(
+                state=DONE, score=result.score, metrics=result.metrics,
+                result_checkpoint_id=ckpt_id, finished_at=now, error=None,
+            ))
+            if done.rowcount != 1:
+                raise LeaseLost(f"member {task.member} interval {task.interval}: lease was taken over")
+            donor = self._schedule(conn, cfg, task.experiment_id, task.member, task.interval, now)
+            return Outcome(self._maybe_finish(conn, task.experiment_id), donor,
+                           _collect_garbage(conn, task.experiment_id))
+
+        return self._run(tx)
+
+    def fail(self, task: Task, message: str) -> Outcome:
+        cfg = self.config(task.experiment_id)
+        t = s.tasks
+
+        def tx(conn: Connection) -> Outcome:
+            now = _now(conn)
+            row = conn.execute(update(t).where(*_fence(task)).values(
+                state=PENDING, lease_token=None, lease_expires=None, error=message,
+                attempts=t.c.attempts + 1, finished_at=now,
+            ).returning(t.c.attempts, t.c.replacements, t.c.hparams)).first()
+            if row is None:
+                raise LeaseLost(f"member {task.member} interval {task.interval}: lease was taken over")
+            _event(conn, task.experiment_id, task.member, task.interval, "failure",
+                   f"attempt {row.attempts}/{cfg.max_attempts}: {message}", None, now)
+            donor = None
+            if row.attempts >= cfg.max_attempts:
+                donor = self._replace(conn, cfg, task, row.replacements, dict(row.hparams), now)
+            return Outcome(self._maybe_finish(conn, task.experiment_id), donor,
+                           _collect_garbage(conn, task.experiment_id))
+
+        return self._run(tx)
+
+    def mark_corrupt(self, checkpoint: Checkpoint, message: str) -> None:
+        def tx(conn: Connection) -> None:
+            conn.execute(update(s.checkpoints).where(s.checkpoints.c.id == checkpoint.id)
+                         .values(state="corrupt"))
+            exp_id = conn.execute(select(s.checkpoints.c.experiment_id)
+                                  .where(s.checkpoints.c.id == checkpoint.id)).scalar_one()
+            _event(conn, exp_id, checkpoint.member, checkpoint.interval, "corrupt_checkpoint",
+                   message, None, _now(conn))
+
+        self._run(tx)
+
+    # -- deciding what comes next (inside the report's transaction) --------------------
+
+    def _schedule(self, conn: Connection, cfg: ExperimentConfig, exp_id: int, member: int,
+                  interval: int, now: float) -> int | None:
+        """Create the next task(s) after ``member`` finished ``interval``; return its donor."""
+        if interval + 1 >= cfg.intervals:
+            return None
+        if cfg.sync:
+            return self._next_generation(conn, cfg, exp_id, interval, now).get(member)
+        return self._next_async(conn, cfg, exp_id, member, interval, now)
+
+    def _next_async(self, conn: Connection, cfg: ExperimentConfig, exp_id: int, member: int,
+                    interval: int, now: float) -> int | None:
+        heads = _heads(conn, exp_id)
+        own = heads[member]
+        donor = None
+        if cfg.exploits and _warm(conn, exp_id):
+            rng = strategy.decision_rng(cfg.seed, "exploit", member, interval)
+            donor = strategy.truncation([h.standing for h in heads.values()], cfg.mode,
+                                        cfg.quantile, rng).get(member)
+        if donor is None:
+            _add_task(conn, exp_id, member, interval + 1, own.hparams, own.checkpoint_id)
+            return None
+        self._exploit(conn, cfg, exp_id, own, heads[donor.member], interval + 1, "exploit", now)
+        return donor.member
+
+    def _next_generation(self, conn: Connection, cfg: ExperimentConfig, exp_id: int,
+                         interval: int, now: float) -> dict[int, int]:
+        """Synchronous mode: when generation ``interval`` is complete, create the next one.
+
+        Runs inside the report that completes the generation, so exactly one worker does it.
+        """
+        t = s.tasks
+        unfinished = conn.execute(select(func.count()).where(
+            t.c.experiment_id == exp_id, t.c.interval == interval, t.c.state.in_(ACTIVE))).scalar_one()
+        if unfinished:
+            return {}
+        gen = {h.member: h for h in _heads(conn, exp_id, interval=interval).values()}
+        donors: dict[int, strategy.Standing] = {}
+        if cfg.exploits and len(gen) >= 2:
+            rng = strategy.decision_rng(cfg.seed, "generation", interval)
+            donors = strategy.truncation([h.standing for h in gen.values()], cfg.mode, cfg.quantile, rng)
+        for member in sorted(gen):
+            head = gen[member]
+            if member in donors:
+                self._exploit(conn, cfg, exp_id, head, gen[donors[member].member], interval + 1, "exploit", now)
+            else:
+                _add_task(conn, exp_id, member, interval + 1, head.hparams, head.checkpoint_id)
+        return {m: d.member for m, d in donors.items()}
+
+    def _exploit(self, conn: Connection, cfg: ExperimentConfig, exp_id: int, loser: "_Head",
+                 donor: "_Head", interval: int, reason: str, now: float,
+                 task_id: int | None = None) -> None:
+        """Point ``loser``'s next task at the donor's checkpoint, with explored hyperparameters.
+
+        No bytes move: the new task references the donor's checkpoint row.
+        """
+        rng = strategy.decision_rng(cfg.seed, "explore", loser.member, interval, reason)
+        explored = strategy.explore(donor.hparams, cfg.space, rng, cfg.factors, cfg.resample_probability)
+        conn.execute(insert(s.exploits).values(
+            experiment_id=exp_id, member=loser.member, interval=interval, donor=donor.member,
+            donor_interval=donor.interval, score=loser.score, donor_score=donor.score,
+            hparams_before=loser.hparams, hparams_after=explored.hparams,
+            changes={k: c.rule for k, c in explored.changes.items()}, reason=reason, created_at=now,
+        ))
+        if task_id is None:
+            _add_task(conn, exp_id, loser.member, interval, explored.hparams, donor.checkpoint_id)
+        else:
+            conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(
+                hparams=explored.hparams, start_checkpoint_id=donor.checkpoint_id, attempts=0))
+
+    def _replace(self, conn: Connection, cfg: ExperimentConfig, task: Task, replacements: int,
+                 hparams: dict, now: float) -> int | None:
+        """A member failed ``max_attempts`` times in a row: restart it from a top member."""
+        t = s.tasks
+        if replacements >= cfg.max_attempts:
+            conn.execute(update(t).where(t.c.id == task.id).values(state=FAILED))
+            _event(conn, task.experiment_id, task.member, task.interval, "gave_up",
+                   f"member {task.member} failed {replacements + 1} times over; it stops here", None, now)
+            if cfg.sync:
+                self._next_generation(conn, cfg, task.experiment_id, task.interval, now)
+            return None
+        conn.execute(update(t).where(t.c.id == task.id).values(replacements=replacements + 1))
+        others = {m: h for m, h in _heads(conn, task.experiment_id).items() if m != task.member}
+        if not others:
+            fresh = sample_space(cfg.space, strategy.decision_rng(cfg.seed, "fresh", task.member,
+                                                                   task.interval, replacements))
+            conn.execute(update(t).where(t.c.id == task.id).values(
+                hparams=fresh, start_checkpoint_id=None, attempts=0))
+            _event(conn, task.experiment_id, task.member, task.interval, "replaced",
+                   f"member {task.member} restarts with fresh hyperparameters", None, now)
+            return None
+        rng = strategy.decision_rng(cfg.seed, "replace", task.member, task.interval, replacements)
+        ranked = strategy.rank([h.standing for h in others.values()], cfg.mode, rng)
+        top = ranked[:max(1, int(len(ranked) * cfg.quantile))]
+        donor = others[rng.choice(top).member]
+        loser = _Head(task.member, task.interval - 1, None, hparams, None)
+        self._exploit(conn, cfg, task.experiment_id, loser, donor, task.interval, "replace", now, task.id)
+        _event(conn, task.experiment_id, task.member, task.interval, "replaced",
+               f"member {task.member} copies member {donor.member} after repeated failures", None, now)
+        return donor.member
+
+    def _maybe_finish(self, conn: Connection, exp_id: int) -> bool:
+        active = conn.execute(select(func.count()).where(
+            s.tasks.c.experiment_id == exp_id, s.tasks.c.state.in_(ACTIVE))).scalar_one()
+        if active:
+            return False
+        conn.execute(update(s.experiments).where(s.experiments.c.id == exp_id).values(status="finished"))
+        return True
+
+    # -- reading -------------------------------------------------------------------
+
+    def progress(self, experiment_id: int) -> Progress:
+        cfg = self.config(experiment_id)
+        t = s.tasks
+
+        def tx(conn: Connection) -> Progress:
+            counts = dict(conn.execute(select(t.c.state, func.count()).where(
+                t.c.experiment_id == experiment_id).group_by(t.c.state)).all())
+            order = t.c.score.desc() if cfg.mode == "max" else t.c.score.asc()
+            best = conn.execute(select(t.c.member, t.c.score).where(
+                t.c.experiment_id == experiment_id, t.c.state == DONE).order_by(order, t.c.member).limit(1)).first()
+            status = conn.execute(select(s.experiments.c.status).where(
+                s.experiments.c.id == experiment_id)).scalar_one()
+            return Progress(cfg.population * cfg.intervals, counts.get(DONE, 0), counts.get(FAILED, 0),
+                            counts.get(RUNNING, 0), best.member if best else None,
+                            best.score if best else None, status == "finished")
+
+        return self._run(tx)
+
+    def history(self, experiment_id: int) -> list[Row]:
+        t, c = s.tasks, s.checkpoints
+        start = c.alias("start")
+        result = c.alias("result")
+        query = (
+            select(t, start.c.member.label("parent"), start.c.interval.label("parent_interval"),
+                   result.c.path.label("result_path"))
+            .select_from(t.outerjoin(start, start.c.id == t.c.start_checkpoint_id)
+                         .outerjoin(result, result.c.id == t.c.result_checkpoint_id))
+            .where(t.c.experiment_id == experiment_id)
+            .order_by(t.c.interval, t.c.member)
+        )
+        rows = self._run(lambda conn: conn.execute(query).all())
+        return [Row(r.member, r.interval, r.state, r.score, dict(r.metrics or {}), dict(r.hparams),
+                    r.parent, r.parent_interval, r.result_path, r.worker, r.device, r.attempts,
+                    r.error, r.started_at, r.finished_at) for r in rows]
+
+    def events(self, experiment_id: int, limit: int = 20) -> list[Event]:
+        e = s.events
+        rows = self._run(lambda conn: conn.execute(
+            select(e).where(e.c.experiment_id == experiment_id).order_by(e.c.id.desc()).limit(limit)).all())
+        return [Event(r.member, r.interval, r.kind, r.message, r.created_at) for r in reversed(rows)]
+
+    def exploits(self, experiment_id: int) -> list[dict[str, Any]]:
+        x = s.exploits
+        rows = self._run(lambda conn: conn.execute(
+            select(x).where(x.c.experiment_id == experiment_id).order_by(x.c.id)).all())
+        return [dict(r._mapping) for r in rows]
+
+    def live_checkpoints(self, experiment_id: int) -> list[Checkpoint]:
+        c = s.checkpoints
+        rows = self._run(lambda conn: conn.execute(
+            select(c).where(c.c.experiment_id == experiment_id, c.c.state == "live").order_by(c.c.id)).all())
+        return [Checkpoint(r.id, r.member, r.interval, r.path, r.sha256, r.size) for r in rows]
+
+
+# -- helpers over a connection ---------------------------------------------------------
+
+
+class _Head:
+    """A member's latest result: its score, the hyperparameters it trained with, its checkpoint."""
+
+    __slots__ = ("member", "interval", "score", "hparams", "checkpoint_id")
+
+    def __init__(self, member: int, interval: int, score: float | None, hparams: dict,
+                 checkpoint_id: int | None) -> None:
+        self.member, self.interval, self.score = member, interval, score
+        self.hparams, self.checkpoint_id = hparams, checkpoint_id
+
+    @property
+    def standing(self) -> strategy.Standing:
+        return strategy.Standing(self.member, self.interval, self.score)
+
+
+def _heads(conn: Connection, exp_id: int, interval: int | None = None) -> dict[int, _Head]:
+    """Each member's latest done task (or, given ``interval``, its task at that interval)."""
+    t = s.tasks
+    if interval is None:
+        latest = (select(t.c.member, func.max(t.c.interval).label("interval"))
+                  .where(t.c.experiment_id == exp_id, t.c.state == DONE)
+                  .group_by(t.c.member).subquery())
+        query = select(t).join(latest, and_(t.c.member == latest.c.member, t.c.interval == latest.c.interval))
+    else:
+        query = select(t).where(t.c.interval == interval)
+    rows = conn.execute(query.where(t.c.experiment_id == exp_id, t.c.state == DONE)
+                        .order_by(t.c.member)).all()
+    return {r.member: _Head(r.member, r.interval, r.score, dict(r.hparams), r.result_checkpoint_id)
+            for r in rows}
+
+
+def _warm(conn: Connection, exp_id: int) -> bool:
+    """Async exploit waits until every member's first interval is over, so early finishers
+    are not ranked against a population of one."""
+    t = s.tasks
+    return not conn.execute(select(t.c.id).where(
+        t.c.experiment_id == exp_id, t.c.interval == 0, t.c.state.in_(ACTIVE)).limit(1)).first()
+
+
+def _collect_garbage(conn: Connection, exp_id: int) -> list[str]:
+    """Mark checkpoints no longer live as deleted; return their paths for the caller to unlink.
+
+    Live: the start of a task not yet done, or a member's latest result (a possible donor,
+    and at the end the final models).
+    """
+    t, c = s.tasks, s.checkpoints
+    starts = select(t.c.start_checkpoint_id).where(
+        t.c.experiment_id == exp_id, t.c.state.in_(ACTIVE), t.c.start_checkpoint_id.is_not(None))
+    heads = [h.checkpoint_id for h in _heads(conn, exp_id).values()]
+    dead = conn.execute(
+        update(c).where(c.c.experiment_id == exp_id, c.c.state.in_(("live", "corrupt")),
+                        c.c.id.not_in(starts), c.c.id.not_in(heads))
+        .values(state="deleted").returning(c.c.path)
+    ).all()
+    return [r.path for r in dead]
+
+
+def _fence(task: Task) -> Iterable:
+    return (s.tasks.c.id == task.id, s.tasks.c.state == RUNNING, s.tasks.c.lease_token == task.token)
+
+
+def _now(conn: Connection) -> float:
+    return conn.execute(select(s.db_now())).scalar_one()
+
+
+def _add_task(conn: Connection, exp_id: int, member: int, interval: int, hparams: dict,
+              start_checkpoint_id: int | None) -> None:
+    conn.execute(insert(s.tasks).values(
+        experiment_id=exp_id, member=member, interval=interval, state=PENDING, hparams=hparams,
+        start_checkpoint_id=start_checkpoint_id, attempts=0, replacements=0))
+
+
+def _checkpoint(conn: Connection, checkpoint_id: int | None) -> Checkpoint | None:
+    if checkpoint_id is None:
+        return None
+    r = conn.execute(select(s.checkpoints).where(s.checkpoints.c.id == checkpoint_id)).one()
+    return Checkpoint(r.id, r.member, r.interval, r.path, r.sha256, r.size)
+
+
+def _event(conn: Connection, exp_id: int, member: int, interval: int, kind: str, message: str,
+           worker: str | None, now: float) -> None:
+    conn.execute(insert(s.events).values(experiment_id=exp_id, member=member, interval=interval,
+                                         kind=kind, message=message, worker=worker, created_at=now))
+
+
+def _experiment(row: Any) -> Experiment:
+    return Experiment(row.id, row.name, ExperimentConfig.from_json(row.config), row.status,
+                      row.created_at, row.checkpoint_dir)
+
+
+def _first_line(e: SQLAlchemyError) -> str:
+    return str(getattr(e, "orig", e) or e).strip().splitlines()[0]

@@ -1,0 +1,217 @@
+"""The worker loop: claim a task, train it, report it. The only place user code runs.
+
+A worker never chooses members itself: the store hands out work and decides exploits. A
+heartbeat thread renews the lease while user code trains; if the lease is lost anyway
+(the worker froze past it), the store refuses the late report and the worker moves on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from . import checkpoints
+from .experiment import ConfigError, Spec
+from .space import space_to_json
+from .store import Experiment, LeaseLost, Result, Store, Task
+
+log = logging.getLogger("popbt.worker")
+
+
+class ScoreError(ValueError):
+    """evaluate() returned something that is not a finite number."""
+
+
+@dataclass
+class WorkerStats:
+    done: int = 0
+    failed: int = 0
+    lost: int = 0
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def seed_for(seed: int, member: int, interval: int) -> int:
+    """A seed for one (member, interval), the same whichever worker trains it."""
+    digest = hashlib.sha256(f"popbt:{seed}:{member}:{interval}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the RNGs user code is likely to use: random, numpy and torch when imported."""
+    random.seed(seed)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+def set_threads(threads: int | None) -> None:
+    """Split a CPU between the workers sharing it, so they do not oversubscribe it."""
+    if threads and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def split_score(evaluated: Any, metric: str) -> tuple[float, dict[str, Any]]:
+    """evaluate() returns a number or a dict holding ``metric``; reject NaN, inf, non-numbers."""
+    metrics: dict[str, Any] = {}
+    if isinstance(evaluated, dict):
+        if metric not in evaluated:
+            raise ScoreError(f"evaluate() returned {sorted(evaluated)} without the metric {metric!r}")
+        metrics = {k: _plain(v) for k, v in evaluated.items() if k != metric}
+        evaluated = evaluated[metric]
+    try:
+        score = float(evaluated)
+    except (TypeError, ValueError):
+        raise ScoreError(f"evaluate() returned {evaluated!r}, not a number") from None
+    if isinstance(evaluated, bool) or not math.isfinite(score):
+        raise ScoreError(f"evaluate() returned {evaluated!r}, not a finite number")
+    return score, metrics
+
+
+def _plain(value: Any) -> Any:
+    """Metrics go to JSON: turn numpy/torch scalars into floats, leave the rest as text."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class Heartbeat:
+    """Renews a task's lease every third of the lease time while user code runs."""
+
+    def __init__(self, store: Store, task: Task, period: float) -> None:
+        self.store, self.task, self.period = store, task, period
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="popbt-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                if not self.store.heartbeat(self.task):
+                    self.lost = True
+                    return
+            except Exception as e:  # keep trying: the lease may still hold when the db is back
+                log.warning("heartbeat for member %d failed: %s", self.task.member, e)
+
+
+class Worker:
+    """Trains tasks of one experiment until it is finished (or ``stop`` is set)."""
+
+    def __init__(self, store: Store, experiment: Experiment, spec: Spec, device: str = "cpu",
+                 name: str | None = None, threads: int | None = None) -> None:
+        if space_to_json(spec.space) != space_to_json(experiment.config.space):
+            raise ConfigError(
+                f"spec {spec.ref!r} declares another search space than experiment "
+                f"{experiment.name!r} was created with"
+            )
+        self.store, self.experiment, self.spec, self.device = store, experiment, spec, device
+        self.name = name or worker_name()
+        self.config = experiment.config
+        self.ckpt_dir = checkpoints.CheckpointDir(experiment.checkpoint_dir)
+        self.stats = WorkerStats()
+        set_threads(threads)
+
+    def run(self, stop: threading.Event | None = None, poll: float = 1.0) -> WorkerStats:
+        stop = stop or threading.Event()
+        idle = 0.05
+        while not stop.is_set():
+            task = self.store.claim(self.experiment.id, self.name, self.device)
+            if task is None:
+                if self.store.progress(self.experiment.id).finished:
+                    break
+                stop.wait(idle)  # others are training the rest (sync: the generation)
+                idle = min(idle * 2, poll)
+                continue
+            idle = 0.05
+            self.train_one(task)
+        return self.stats
+
+    def train_one(self, task: Task) -> None:
+        """One interval of one member, from claim to report; failures go to the store."""
+        cfg = self.config
+        with Heartbeat(self.store, task, cfg.lease_seconds / 3) as beat:
+            try:
+                score, metrics, written = self._train(task)
+            except KeyboardInterrupt:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+                self.store.release(task)
+                raise
+            except Exception as e:
+                self._fail(task, f"{type(e).__name__}: {_one_line(e)}")
+                return
+        if beat.lost:
+            self._lost(task, written.path)
+            return
+        try:
+            outcome = self.store.report(task, Result(score, metrics, written.path, written.sha256, written.size))
+        except LeaseLost:
+            self._lost(task, written.path)
+            return
+        checkpoints.delete(outcome.garbage)
+        self.stats.done += 1
+        copied = f" -> next copies member {outcome.exploited_from}" if outcome.exploited_from is not None else ""
+        log.info("member %d interval %d: %s=%.6g%s", task.member, task.interval, cfg.metric, score, copied)
+
+    def _train(self, task: Task) -> tuple[float, dict, checkpoints.Written]:
+        spec, hparams, device = self.spec, dict(task.hparams), self.device
+        seed_everything(seed_for(self.config.seed, task.member, task.interval))
+        state = spec.build(hparams, device)
+        if task.start is not None:
+            try:
+                checkpoints.verify(task.start.path, task.start.sha256)
+            except checkpoints.CorruptCheckpoint as e:
+                self.store.mark_corrupt(task.start, str(e))
+                raise
+            loaded = spec.load(state, task.start.path)
+            state = state if loaded is None else loaded
+            if spec.apply is not None:
+                spec.apply(state, hparams)
+        extra = spec.train(state, hparams, task.interval, device)
+        score, metrics = split_score(spec.evaluate(state, device), self.config.metric)
+        if isinstance(extra, dict):
+            metrics = {**{k: _plain(v) for k, v in extra.items()}, **metrics}
+        written = self.ckpt_dir.write(task.member, task.interval, task.token, lambda p: spec.save(state, p))
+        return score, metrics, written
+
+    def _fail(self, task: Task, message: str) -> None:
+        self.stats.failed += 1
+        log.warning("member %d interval %d failed: %s", task.member, task.interval, message)
+        try:
+            outcome = self.store.fail(task, message)
+        except LeaseLost:
+            return
+        checkpoints.delete(outcome.garbage)
+
+    def _lost(self, task: Task, path: str) -> None:
+        self.stats.lost += 1
+        checkpoints.delete([path])
+        log.warning("member %d interval %d: lease was taken over by another worker; result discarded",
+                    task.member, task.interval)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "(no message)"
