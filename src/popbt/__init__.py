@@ -9,13 +9,14 @@ from .launch import RunSummary, run, work
 from .report import best, experiments, status
 from .space import Choice, IntUniform, LogUniform, SpaceError, Uniform
 from .store import NotFound, StoreError, open_store
+from .worker import Trial, current
 
 worker = work
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Best", "Choice", "ConfigError", "ExperimentConfig", "IntUniform", "LogUniform", "NotFound",
+    "Best", "Choice", "Trial", "current", "ConfigError", "ExperimentConfig", "IntUniform", "LogUniform", "NotFound",
     "RunSummary", "SpaceError", "Spec", "SpecError", "Step", "StoreError", "Uniform", "best",
     "experiments", "load_spec", "open_store", "run", "status", "work", "worker", "__version__",
 ]

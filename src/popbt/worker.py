@@ -27,6 +27,27 @@ from .store import Experiment, LeaseLost, Result, Store, Task
 log = logging.getLogger("popbt.worker")
 
 
+@dataclass(frozen=True)
+class Trial:
+    """What the worker is training right now, for user code that wants to know."""
+
+    experiment: str
+    member: int
+    interval: int
+    device: str
+    seed: int
+
+
+_current: Trial | None = None
+
+
+def current() -> Trial:
+    """The (experiment, member, interval) being trained; only valid inside spec functions."""
+    if _current is None:
+        raise RuntimeError("popbt.current() is only available while a worker runs spec code")
+    return _current
+
+
 class ScoreError(ValueError):
     """evaluate() returned something that is not a finite number."""
 
@@ -176,8 +197,11 @@ class Worker:
         log.info("member %d interval %d: %s=%.6g%s", task.member, task.interval, cfg.metric, score, copied)
 
     def _train(self, task: Task) -> tuple[float, dict, checkpoints.Written]:
+        global _current
         spec, hparams, device = self.spec, dict(task.hparams), self.device
-        seed_everything(seed_for(self.config.seed, task.member, task.interval))
+        seed = seed_for(self.config.seed, task.member, task.interval)
+        _current = Trial(self.experiment.name, task.member, task.interval, device, seed)
+        seed_everything(seed)
         state = spec.build(hparams, device)
         if task.start is not None:
             try:

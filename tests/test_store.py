@@ -1,0 +1,196 @@
+"""The Store contract, run once per backend (sqlite and a real PostgreSQL).
+
+Tests drive the store directly, as workers do, so each rule of the contract is checked
+without user code in the way.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import update
+
+from popbt.experiment import ConfigError, ExperimentConfig
+from popbt.space import Uniform
+from popbt.store import (DONE, FAILED, PENDING, LeaseLost, NotFound, Result, StoreError, open_store)
+from popbt.store import schema
+
+from conftest import expire_lease
+
+SPACE = {"lr": Uniform(0.0, 1.0)}
+
+
+def config(name="exp", **kw) -> ExperimentConfig:
+    values = dict(population=4, intervals=3, seed=1, max_attempts=2)
+    values.update(kw)
+    return ExperimentConfig(name=name, spec="quad", space=SPACE, **values)
+
+
+def result(score, path="/nonexistent/ckpt") -> Result:
+    return Result(float(score), {}, path, "0" * 64, 1)
+
+
+@pytest.fixture
+def store(storage):
+    s = open_store(storage)
+    yield s
+    s.close()
+
+
+def first_interval_member_0_last(store, exp):
+    """Everyone trains interval 0 (score = member index); member 0 reports last, so it
+    decides with the whole population ranked (in async mode a member decides when it reports)."""
+    tasks = [store.claim(exp.id, "w", "cpu") for _ in range(exp.config.population)]
+    for t in tasks[1:] + tasks[:1]:
+        store.report(t, result(t.member, f"/ckpt/{t.member}-0"))
+
+
+def drain(store, exp, score=lambda t: t.member, stop_at=None):
+    """Claim and report until nothing is claimable; return the tasks trained, in order."""
+    trained = []
+    while (task := store.claim(exp.id, "w", "cpu")) is not None:
+        store.report(task, result(score(task), f"/ckpt/{task.member}-{task.interval}"))
+        trained.append(task)
+        if stop_at and len(trained) >= stop_at:
+            break
+    return trained
+
+
+def test_create_find_and_list(store):
+    exp = store.create_experiment(config("a"), "/tmp/ckpt")
+    store.create_experiment(config("b"), "/tmp/ckpt")
+    assert store.experiment("a").id == exp.id
+    assert store.experiment("latest").name == "b"
+    assert [e.name for e in store.experiments()] == ["a", "b"]
+    assert store.experiment("a").config == config("a")
+    with pytest.raises(NotFound):
+        store.experiment("nope")
+    with pytest.raises(ConfigError):
+        store.create_experiment(config("a"), "/tmp/ckpt")
+
+
+def test_claims_hand_out_each_task_once_furthest_behind_first(store):
+    exp = store.create_experiment(config(), "/tmp")
+    first = [store.claim(exp.id, "w", "cpu") for _ in range(4)]
+    assert [t.member for t in first] == [0, 1, 2, 3]
+    assert store.claim(exp.id, "w", "cpu") is None  # all running
+    store.report(first[2], result(1.0))
+    nxt = store.claim(exp.id, "w", "cpu")
+    assert (nxt.member, nxt.interval) == (2, 1)
+    assert nxt.start is not None and nxt.start.member == 2
+
+
+def test_a_late_report_after_the_lease_was_taken_over_is_refused(store, storage):
+    exp = store.create_experiment(config(), "/tmp")
+    zombie = store.claim(exp.id, "zombie", "cpu")
+    expire_lease(storage, exp.id, zombie.member, zombie.interval)
+    heir = store.claim(exp.id, "heir", "cpu")
+    assert (heir.member, heir.interval) == (zombie.member, zombie.interval)
+    assert heir.token != zombie.token
+    assert store.heartbeat(zombie) is False
+    with pytest.raises(LeaseLost):
+        store.report(zombie, result(9.0))
+    with pytest.raises(LeaseLost):
+        store.fail(zombie, "late")
+    store.report(heir, result(1.0))
+    rows = [r for r in store.history(exp.id) if (r.member, r.interval) == (0, 0)]
+    assert len(rows) == 1 and rows[0].score == 1.0 and rows[0].worker == "heir"
+    assert any(e.kind == "lease_expired" for e in store.events(exp.id))
+
+
+def test_heartbeat_keeps_a_lease_and_release_returns_the_task(store):
+    exp = store.create_experiment(config(), "/tmp")
+    task = store.claim(exp.id, "w", "cpu")
+    assert store.heartbeat(task)
+    assert store.release(task)
+    again = store.claim(exp.id, "w", "cpu")
+    assert (again.member, again.interval) == (task.member, task.interval)
+
+
+def test_a_full_async_run_records_every_result_exactly_once(store):
+    exp = store.create_experiment(config(), "/tmp")
+    drain(store, exp)
+    rows = store.history(exp.id)
+    assert sorted((r.member, r.interval) for r in rows) == [(m, k) for m in range(4) for k in range(3)]
+    assert all(r.state == DONE for r in rows)
+    assert store.progress(exp.id).finished
+    assert store.experiment(exp.name).status == "finished"
+
+
+def test_the_bottom_member_copies_the_top_checkpoint_and_explores(store):
+    exp = store.create_experiment(config(), "/tmp")
+    first_interval_member_0_last(store, exp)
+    t = store.claim(exp.id, "w", "cpu")  # member 0 at interval 1
+    assert t.member == 0 and t.interval == 1
+    assert t.start.member == 3  # member 0 scored worst, member 3 best (quantile 0.2 of 4 -> 1)
+    [x] = store.exploits(exp.id)
+    assert (x["member"], x["donor"], x["interval"], x["reason"]) == (0, 3, 1, "exploit")
+    assert set(x["changes"]) == {"lr"} and x["changes"]["lr"] in ("x0.8", "x1.2", "resample")
+    assert t.hparams == x["hparams_after"]
+
+
+def test_sync_creates_a_generation_only_when_the_previous_one_is_complete(store):
+    exp = store.create_experiment(config(sync=True), "/tmp")
+    tasks = [store.claim(exp.id, "w", "cpu") for _ in range(4)]
+    for t in tasks[:3]:
+        store.report(t, result(t.member))
+        assert store.claim(exp.id, "w", "cpu") is None  # generation 0 not complete
+    store.report(tasks[3], result(3))
+    nxt = [store.claim(exp.id, "w", "cpu") for _ in range(4)]
+    assert [(t.member, t.interval) for t in nxt] == [(m, 1) for m in range(4)]
+    assert nxt[0].start.member == 3
+
+
+def test_checkpoints_are_deleted_only_when_nothing_references_them(store):
+    exp = store.create_experiment(config(), "/tmp")
+    first_interval_member_0_last(store, exp)
+    live = {c.path for c in store.live_checkpoints(exp.id)}
+    assert live == {f"/ckpt/{m}-0" for m in range(4)}
+    t = store.claim(exp.id, "w", "cpu")  # member 0 now starts from member 3's checkpoint
+    out = store.report(t, result(5.0, "/ckpt/0-1"))
+    # member 0's own interval-0 checkpoint is referenced by nothing any more; member 3's is
+    assert out.garbage == ["/ckpt/0-0"]
+    assert "/ckpt/3-0" in {c.path for c in store.live_checkpoints(exp.id)}
+    drain(store, exp)
+    final = {c.path for c in store.live_checkpoints(exp.id)}
+    assert final == {f"/ckpt/{m}-2" for m in range(4)}  # one per member at the end
+
+
+def test_failures_retry_then_replace_then_give_up(store):
+    exp = store.create_experiment(config(max_attempts=2), "/tmp")
+    first_interval_member_0_last(store, exp)
+    failing = store.claim(exp.id, "w", "cpu")
+    assert failing.member == 0
+    store.fail(failing, "boom 1")
+    retry = store.claim(exp.id, "w", "cpu")
+    assert (retry.member, retry.interval, retry.attempts) == (0, 1, 1)
+    store.fail(retry, "boom 2")  # second failure: member 0 is replaced from a top member
+    replaced = store.claim(exp.id, "w", "cpu")
+    assert (replaced.member, replaced.interval, replaced.attempts) == (0, 1, 0)
+    assert replaced.start.member != 0
+    kinds = [e.kind for e in store.events(exp.id)]
+    assert kinds.count("failure") == 2 and "replaced" in kinds
+    for _ in range(6):  # keep failing: after max_attempts replacements it gives up
+        store.fail(replaced, "boom")
+        replaced = store.claim(exp.id, "w", "cpu")
+        if replaced.member != 0:
+            break
+    row = [r for r in store.history(exp.id) if (r.member, r.interval) == (0, 1)][0]
+    assert row.state == FAILED and row.error == "boom"
+    store.release(replaced)
+    drain(store, exp)
+    assert store.progress(exp.id).finished  # the run does not hang on the failed member
+
+
+def test_opening_a_database_of_another_schema_version_fails_clearly(storage):
+    store = open_store(storage)
+    with store.engine.begin() as conn:
+        conn.execute(update(schema.meta).values(value="999"))
+    store.close()
+    with pytest.raises(StoreError, match="schema version 999"):
+        open_store(storage)
+
+
+def test_pending_state_is_what_a_fresh_experiment_starts_with(store):
+    exp = store.create_experiment(config(), "/tmp")
+    assert {r.state for r in store.history(exp.id)} == {PENDING}
+    assert store.progress(exp.id).total == 12
