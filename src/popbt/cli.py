@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -24,6 +25,11 @@ from .strategy import StrategyError
 USAGE_ERRORS = (SpecError, ConfigError, SpaceError, StrategyError, StoreError, NotFound,
                 CorruptCheckpoint, FileNotFoundError)
 DEMO_SPEC = "popbt.examples.digits"
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="a .py file or an importable module, optionally :attribute")
+    p.add_argument("--data", metavar="DIR", help="dataset directory, given to the spec as env POPBT_DATA")
 
 
 def _storage_args(p: argparse.ArgumentParser) -> None:
@@ -52,12 +58,12 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="create or resume an experiment and train it")
-    p.add_argument("spec", help="a .py file or an importable module, optionally :attribute")
+    _spec_args(p)
     _run_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("worker", help="join an experiment and train its tasks")
-    p.add_argument("spec")
+    _spec_args(p)
     p.add_argument("--experiment", default="latest", help="name, or 'latest' (default)")
     p.add_argument("--device", default="cpu", help="e.g. cuda:2 (default: cpu)")
     p.add_argument("--threads", type=int, help="torch threads for this worker")
@@ -144,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     console = Console()
+    if getattr(args, "data", None):
+        os.environ["POPBT_DATA"] = os.path.abspath(args.data)  # local workers inherit it
     func: Callable[[argparse.Namespace, Console], int] = args.func
     try:
         return func(args, console)

@@ -1,0 +1,208 @@
+"""End to end through the command line and real worker processes, as a user runs popbt."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from popbt.experiment import ExperimentConfig
+from popbt.space import Uniform
+from popbt.store import DONE, NotFound, open_store
+
+from conftest import QUAD, expire_lease, popbt_cmd, run_popbt
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+    """Poll a real condition (a file, a database row) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def results(url, name):
+    store = open_store(url)
+    try:
+        exp = store.experiment(name)
+        return exp, store.history(exp.id), store.events(exp.id, limit=1000)
+    finally:
+        store.close()
+
+
+def done_count(url, name):
+    try:
+        return sum(r.state == DONE for r in results(url, name)[1])
+    except NotFound:
+        return 0
+
+
+def assert_complete(rows, population, intervals):
+    keys = [(r.member, r.interval) for r in rows if r.state == DONE]
+    assert sorted(keys) == [(m, k) for m in range(population) for k in range(intervals)]
+
+
+def test_run_two_workers_then_list_status_best(tmp_path):
+    out = run_popbt("run", QUAD, "--workers", "2", "--seed", "3", "--dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "best: member" in out.stdout and "weights:" in out.stdout
+    best = json.loads(run_popbt("best", "--json", "--dir", str(tmp_path)).stdout)
+    assert best["experiment"] == "quad" and best["interval"] == 5
+    assert Path(best["weights"]).is_file()
+    steps = best["schedule"]
+    # the model's whole training, oldest first; an async exploit may copy a member a little ahead
+    assert steps[0]["interval"] == 0 and len(steps) >= 6
+    assert (steps[-1]["member"], steps[-1]["interval"]) == (best["member"], 5)
+    assert set(best["schedule"][0]["hparams"]) == {"h0", "h1"}
+    status = run_popbt("status", "--dir", str(tmp_path))
+    assert status.returncode == 0 and "quad: finished, 24/24 intervals" in status.stdout
+    listing = run_popbt("list", "--dir", str(tmp_path))
+    assert "quad" in listing.stdout and "finished" in listing.stdout
+    # the checkpoints left are the final one of each member
+    assert len(list((tmp_path / "checkpoints" / "quad").glob("*.ckpt"))) == 4
+    # running the same command again starts a new experiment instead of redoing the old one
+    again = run_popbt("run", QUAD, "--workers", "1", "--intervals", "1", "--dir", str(tmp_path))
+    assert again.returncode == 0 and "quad-2" in again.stdout
+
+
+def claim_all(url, exp_id, queue):
+    store = open_store(url)
+    got = []
+    while (task := store.claim(exp_id, f"p{os.getpid()}", "cpu")) is not None:
+        got.append((task.member, task.interval))
+    store.close()
+    queue.put(got)
+
+
+def test_claims_under_contention_from_several_processes_never_share_a_task(storage):
+    store = open_store(storage)
+    cfg = ExperimentConfig(name="race", spec="x", space={"x": Uniform(0, 1)}, population=200, intervals=1, seed=0)
+    exp = store.create_experiment(cfg, "/tmp")
+    store.close()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=claim_all, args=(storage, exp.id, queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    claimed = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    everything = [k for got in claimed for k in got]
+    assert len(everything) == len(set(everything)) == 200
+    assert sum(1 for got in claimed if got) >= 2  # the processes really did compete
+
+
+def test_a_worker_killed_mid_interval_loses_only_that_interval(tmp_path, sqlite_url):
+    run_popbt("run", QUAD, "--workers", "0", "--seed", "1", "--storage", sqlite_url, "--dir", str(tmp_path))
+    marker = tmp_path / "markers"
+    marker.mkdir()
+    doomed = subprocess.Popen(popbt_cmd("worker", QUAD, "--storage", sqlite_url),
+                              env={**os.environ, "POPBT_TEST_HANG": f"2:3:{marker}"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: any(marker.iterdir()), what="the worker to start member 2 interval 3")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    exp, rows, _ = results(sqlite_url, "quad")
+    hung = [r for r in rows if (r.member, r.interval) == (2, 3)]
+    assert hung[0].state == "running"
+    expire_lease(sqlite_url, exp.id, 2, 3)  # as the database clock would after lease_seconds
+    heir = run_popbt("worker", QUAD, "--storage", sqlite_url)
+    assert heir.returncode == 0, heir.stderr
+    exp, rows, events = results(sqlite_url, "quad")
+    assert exp.status == "finished"
+    assert_complete(rows, 4, 6)
+    assert [(e.member, e.interval) for e in events if e.kind == "lease_expired"] == [(2, 3)]
+    assert not any(e.kind == "failure" for e in events)
+
+
+def history_signature(url, name):
+    _, rows, _ = results(url, name)
+    return [(r.member, r.interval, r.score, r.hparams, r.parent, r.parent_interval) for r in rows]
+
+
+def test_sync_with_a_seed_gives_the_same_history_whatever_the_number_of_workers(tmp_path, sqlite_url):
+    for name, workers in (("one", "1"), ("three", "3")):
+        out = run_popbt("run", QUAD, "--sync", "--seed", "11", "--population", "5", "--name", name,
+                        "--workers", workers, "--storage", sqlite_url, "--dir", str(tmp_path))
+        assert out.returncode == 0, out.stderr
+    one, three = history_signature(sqlite_url, "one"), history_signature(sqlite_url, "three")
+    assert len(one) == 30
+    assert one == three
+    assert any(p is not None and p != m for m, _, _, _, p, _ in one)  # exploits did happen
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path, sqlite_url):
+    args = ("run", QUAD, "--workers", "2", "--seed", "5", "--storage", sqlite_url, "--dir", str(tmp_path))
+    env = {**os.environ, "POPBT_TEST_STEP_SECONDS": "0.2"}
+    first = subprocess.Popen(popbt_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    wait_for(lambda: done_count(sqlite_url, "quad") >= 6, what="6 intervals done")
+    os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 130, err
+    assert "run the same command again to resume" in out
+    _, before, _ = results(sqlite_url, "quad")
+    finished_before = {(r.member, r.interval): r.finished_at for r in before if r.state == DONE}
+    assert 6 <= len(finished_before) < 24
+    assert not [r for r in before if r.state == "running"]  # leases were released, not left to expire
+    second = subprocess.run(popbt_cmd(*args), capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "resuming experiment quad" in second.stdout
+    exp, after, _ = results(sqlite_url, "quad")
+    assert exp.status == "finished"
+    assert_complete(after, 4, 6)
+    for key, when in finished_before.items():  # nothing finished before was redone
+        assert [r.finished_at for r in after if (r.member, r.interval) == key] == [when]
+
+
+def test_a_failing_member_is_retried_then_replaced_and_the_run_completes(tmp_path, sqlite_url):
+    env = {"POPBT_TEST_FAIL": "1:2"}
+    out = run_popbt("run", QUAD, "--workers", "1", "--seed", "2", "--storage", sqlite_url, "--dir", str(tmp_path), env=env)
+    assert out.returncode == 0, out.stderr
+    exp, rows, events = results(sqlite_url, "quad")
+    assert exp.status == "finished"
+    failures = [e for e in events if e.kind == "failure"]
+    assert failures and all("RuntimeError: injected failure" in e.message for e in failures)
+    assert any(e.kind in ("replaced", "gave_up") for e in events)
+
+
+def test_a_nan_score_is_recorded_as_a_failure(tmp_path, sqlite_url):
+    out = run_popbt("run", QUAD, "--workers", "1", "--storage", sqlite_url, "--dir", str(tmp_path),
+                    env={"POPBT_TEST_NAN": "0:1"})
+    assert out.returncode == 0, out.stderr
+    _, rows, events = results(sqlite_url, "quad")
+    assert any("not a finite number" in e.message for e in events if e.kind == "failure")
+    assert all(r.score is None or r.score == r.score for r in rows)  # no NaN stored as a result
+
+
+def test_a_corrupted_checkpoint_is_detected_and_never_loaded(tmp_path, sqlite_url):
+    run_popbt("run", QUAD, "--workers", "0", "--seed", "4", "--intervals", "3", "--storage", sqlite_url,
+              "--dir", str(tmp_path))
+    store = open_store(sqlite_url)
+    exp = store.experiment("quad")
+    tasks = [store.claim(exp.id, "w", "cpu") for _ in range(4)]
+    store.close()
+    # train interval 0 by hand through a real worker object, then flip a byte in one checkpoint
+    from popbt.experiment import load_spec
+    from popbt.worker import Worker
+
+    store = open_store(sqlite_url)
+    worker = Worker(store, exp, load_spec(QUAD))
+    for t in tasks:
+        worker.train_one(t)
+    victim = store.live_checkpoints(exp.id)[0]
+    data = bytearray(Path(victim.path).read_bytes())
+    data[-1] ^= 0xFF
+    Path(victim.path).write_bytes(bytes(data))
+    worker.run()
+    _, rows, events = results(sqlite_url, "quad")
+    assert any(e.kind == "corrupt_checkpoint" and victim.path in e.message for e in events)
+    assert_complete(rows, 4, 3)
+    store.close()
