@@ -115,9 +115,10 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
     """
     console = console or Console()
     loaded = load_spec(spec)
-    where = place(dir, storage)
     overrides = dict(population=population, intervals=intervals, sync=sync, seed=seed,
                      quantile=quantile, search=search)
+    loaded.config(name, **overrides)  # invalid settings fail here, before anything is written
+    where = place(dir, storage)
     device_list = parse_devices(devices)
     store = open_store(where.storage)
     try:

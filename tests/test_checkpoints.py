@@ -1,0 +1,59 @@
+"""Checkpoint files: complete or absent, and damage is detected."""
+
+import os
+
+import pytest
+
+from popbt.checkpoints import CheckpointDir, CorruptCheckpoint, verify
+
+
+def test_write_is_atomic_and_checksummed(tmp_path):
+    d = CheckpointDir(tmp_path / "ck")
+    written = d.write(1, 2, "a" * 32, lambda p: open(p, "wb").write(b"weights"))
+    assert os.path.basename(written.path) == "m0001-i00002-aaaaaaaaaaaa.ckpt"
+    assert written.size == 7
+    verify(written.path, written.sha256)
+    assert [p.name for p in (tmp_path / "ck").iterdir()] == ["m0001-i00002-aaaaaaaaaaaa.ckpt"]
+
+
+def test_a_save_that_fails_midway_leaves_no_file(tmp_path):
+    d = CheckpointDir(tmp_path)
+
+    def half_then_crash(path):
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        d.write(0, 0, "b" * 32, half_then_crash)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_flipped_and_missing_checkpoints_are_detected(tmp_path):
+    d = CheckpointDir(tmp_path)
+    w = d.write(0, 0, "c" * 32, lambda p: open(p, "wb").write(b"0123456789"))
+    with open(w.path, "r+b") as f:
+        f.truncate(5)
+    with pytest.raises(CorruptCheckpoint, match="corrupt"):
+        verify(w.path, w.sha256)
+    w = d.write(0, 1, "d" * 32, lambda p: open(p, "wb").write(b"0123456789"))
+    with open(w.path, "r+b") as f:
+        f.seek(3)
+        f.write(b"X")
+    with pytest.raises(CorruptCheckpoint, match="corrupt"):
+        verify(w.path, w.sha256)
+    os.unlink(w.path)
+    with pytest.raises(CorruptCheckpoint, match="missing"):
+        verify(w.path, w.sha256)
+
+
+def test_sweep_removes_only_old_unreferenced_files(tmp_path):
+    d = CheckpointDir(tmp_path)
+    keep = d.write(0, 0, "e" * 32, lambda p: open(p, "wb").write(b"k"))
+    orphan = d.write(1, 0, "f" * 32, lambda p: open(p, "wb").write(b"o"))
+    assert d.sweep([keep.path], older_than=3600) == []  # too young: may be in flight
+    old = 1_000_000_000
+    os.utime(orphan.path, (old, old))
+    os.utime(keep.path, (old, old))
+    assert d.sweep([keep.path], older_than=3600) == [orphan.path]
+    assert os.path.exists(keep.path)
