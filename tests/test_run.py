@@ -72,8 +72,10 @@ def test_run_two_workers_then_list_status_best(tmp_path):
     assert again.returncode == 0 and "quad-2" in again.stdout
 
 
-def claim_all(url, exp_id, queue):
+def claim_all(url, exp_id, queue, barrier):
     store = open_store(url)
+    store.config(exp_id)
+    barrier.wait()  # every process is connected: start claiming together
     got = []
     while (task := store.claim(exp_id, f"p{os.getpid()}", "cpu")) is not None:
         got.append((task.member, task.interval))
@@ -87,8 +89,8 @@ def test_claims_under_contention_from_several_processes_never_share_a_task(stora
     exp = store.create_experiment(cfg, "/tmp")
     store.close()
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=claim_all, args=(storage, exp.id, queue)) for _ in range(4)]
+    queue, barrier = ctx.Queue(), ctx.Barrier(4)
+    procs = [ctx.Process(target=claim_all, args=(storage, exp.id, queue, barrier)) for _ in range(4)]
     for p in procs:
         p.start()
     claimed = [queue.get(timeout=120) for _ in procs]
@@ -127,12 +129,12 @@ def history_signature(url, name):
     return [(r.member, r.interval, r.score, r.hparams, r.parent, r.parent_interval) for r in rows]
 
 
-def test_sync_with_a_seed_gives_the_same_history_whatever_the_number_of_workers(tmp_path, sqlite_url):
+def test_sync_with_a_seed_gives_the_same_history_whatever_the_number_of_workers(tmp_path, storage):
     for name, workers in (("one", "1"), ("three", "3")):
         out = run_popbt("run", QUAD, "--sync", "--seed", "11", "--population", "5", "--name", name,
-                        "--workers", workers, "--storage", sqlite_url, "--dir", str(tmp_path))
+                        "--workers", workers, "--storage", storage, "--dir", str(tmp_path))
         assert out.returncode == 0, out.stderr
-    one, three = history_signature(sqlite_url, "one"), history_signature(sqlite_url, "three")
+    one, three = history_signature(storage, "one"), history_signature(storage, "three")
     assert len(one) == 30
     assert one == three
     assert any(p is not None and p != m for m, _, _, _, p, _ in one)  # exploits did happen

@@ -49,6 +49,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--quantile", type=float, help="truncation fraction, in (0, 0.5] (default 0.2)")
     p.add_argument("--search", choices=("pbt", "random"), help="random: no exploit, no explore")
+    p.add_argument("--checkpoints", metavar="DIR|db",
+                   help="where checkpoints live: a directory every worker reaches (default DIR/checkpoints), "
+                        "or 'db' to keep them in the database")
     _storage_args(p)
 
 
@@ -96,7 +99,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     summary = launch.run(args.spec, name=args.name, population=args.population, intervals=args.intervals,
                          workers=args.workers, devices=args.devices, sync=args.sync, seed=args.seed,
                          quantile=args.quantile, search=args.search, storage=args.storage, dir=args.dir,
-                         console=console)
+                         checkpoints=args.checkpoints, console=console)
     return _finish(console, summary, args)
 
 

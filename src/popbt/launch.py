@@ -21,7 +21,7 @@ from rich.console import Console
 
 from . import analysis, checkpoints, live
 from .experiment import ConfigError, Spec, check_name, check_resume, load_spec
-from .store import Experiment, NotFound, SQLStore, mask_url, open_store
+from .store import IN_DATABASE, Experiment, NotFound, SQLStore, mask_url, open_store
 from .worker import Worker, WorkerStats
 
 log = logging.getLogger("popbt")
@@ -80,7 +80,7 @@ def parse_devices(devices: str | Sequence[str] | None) -> list[str]:
 
 
 def open_experiment(store: SQLStore, spec: Spec, place: Place, name: str | None,
-                    overrides: dict[str, Any]) -> tuple[Experiment, bool]:
+                    overrides: dict[str, Any], checkpoints_at: str | None = None) -> tuple[Experiment, bool]:
     """Resume the unfinished experiment of that name, or create a new one.
 
     Without ``--name``, a finished experiment is left as it is and a new one gets the next
@@ -100,18 +100,25 @@ def open_experiment(store: SQLStore, spec: Spec, place: Place, name: str | None,
         n += 1
         candidate = f"{base}-{n}"
     config = spec.config(candidate, **overrides)
-    ckpt_dir = place.dir / "checkpoints" / config.name
-    return store.create_experiment(config, str(ckpt_dir)), True
+    if checkpoints_at == IN_DATABASE:
+        where = IN_DATABASE
+    else:
+        where = str(Path(checkpoints_at).absolute() / config.name if checkpoints_at
+                    else place.dir / "checkpoints" / config.name)
+    return store.create_experiment(config, where), True
 
 
 def run(spec: str, *, name: str | None = None, population: int | None = None,
         intervals: int | None = None, workers: int | None = None,
         devices: str | Sequence[str] | None = None, sync: bool | None = None, seed: int | None = None,
         quantile: float | None = None, search: str | None = None, storage: str | None = None,
-        dir: str | os.PathLike | None = None, console: Console | None = None) -> RunSummary:
+        dir: str | os.PathLike | None = None, checkpoints: str | None = None,
+        console: Console | None = None) -> RunSummary:
     """Create or resume an experiment and train it with ``workers`` local processes.
 
-    ``workers=0`` only creates the experiment, for workers started elsewhere.
+    ``workers=0`` only creates the experiment, for workers started elsewhere. ``checkpoints``
+    is a directory every worker can reach (default DIR/checkpoints) or ``"db"`` to keep
+    checkpoint bytes in the database, so a multi-machine run needs only the storage URL.
     """
     console = console or Console()
     loaded = load_spec(spec)
@@ -122,7 +129,7 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
     device_list = parse_devices(devices)
     store = open_store(where.storage)
     try:
-        exp, created = open_experiment(store, loaded, where, name, overrides)
+        exp, created = open_experiment(store, loaded, where, name, overrides, checkpoints)
         verb = "created" if created else "resuming"
         console.print(f"popbt: {verb} experiment [bold]{exp.name}[/] "
                       f"(population {exp.config.population}, {exp.config.intervals} intervals, "
@@ -130,7 +137,8 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
                       f"in {mask_url(where.storage)}", highlight=False)
         if exp.status == "finished":
             return summarize(store, exp, where.storage)
-        sweep(store, exp)
+        if not exp.checkpoints_in_db:
+            sweep(store, exp)
         n = workers if workers is not None else loaded.defaults.get("workers", default_workers(device_list))
         if n < 0:
             raise ConfigError(f"--workers must be 0 or more, got {n}")
@@ -139,6 +147,8 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
                           f"--storage {mask_url(where.storage)}", highlight=False)
             return summarize(store, exp, where.storage)
         procs = spawn_workers(spec, exp, where, device_list, n)
+        console.print(f"popbt: {n} workers on {', '.join(sorted(set(device_list[:n])))}; "
+                      f"logs in {where.dir / 'logs' / exp.name}", highlight=False)
         try:
             live.watch(store, exp, lambda: any(p.poll() is None for p in procs), console)
         except KeyboardInterrupt:

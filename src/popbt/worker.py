@@ -15,14 +15,16 @@ import random
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import checkpoints
 from .experiment import ConfigError, Spec
 from .space import space_to_json
-from .store import Experiment, LeaseLost, Result, Store, Task
+from .store import IN_DATABASE, Checkpoint, Experiment, LeaseLost, Result, Store, Task
 
 log = logging.getLogger("popbt.worker")
 
@@ -151,7 +153,8 @@ class Worker:
         self.store, self.experiment, self.spec, self.device = store, experiment, spec, device
         self.name = name or worker_name()
         self.config = experiment.config
-        self.ckpt_dir = checkpoints.CheckpointDir(experiment.checkpoint_dir)
+        self.ckpt_dir = checkpoints.CheckpointDir(
+            _local_cache(experiment) if experiment.checkpoints_in_db else experiment.checkpoint_dir)
         self.stats = WorkerStats()
         set_threads(threads)
 
@@ -187,10 +190,13 @@ class Worker:
             self._lost(task, written.path)
             return
         try:
-            outcome = self.store.report(task, Result(score, metrics, written.path, written.sha256, written.size))
+            outcome = self.store.report(task, self._result(score, metrics, written))
         except LeaseLost:
             self._lost(task, written.path)
             return
+        finally:
+            if self.experiment.checkpoints_in_db:
+                checkpoints.delete([written.path])  # the bytes are in the database now
         checkpoints.delete(outcome.garbage)
         self.stats.done += 1
         copied = f" -> next copies member {outcome.exploited_from}" if outcome.exploited_from is not None else ""
@@ -204,12 +210,12 @@ class Worker:
         seed_everything(seed)
         state = spec.build(hparams, device)
         if task.start is not None:
+            path = self._fetch(task.start)
             try:
-                checkpoints.verify(task.start.path, task.start.sha256)
-            except checkpoints.CorruptCheckpoint as e:
-                self.store.mark_corrupt(task.start, str(e))
-                raise
-            loaded = spec.load(state, task.start.path)
+                loaded = spec.load(state, path)
+            finally:
+                if path != task.start.path:  # a scratch copy of bytes kept in the database
+                    checkpoints.delete([path])
             state = state if loaded is None else loaded
             if spec.apply is not None:
                 spec.apply(state, hparams)
@@ -219,6 +225,26 @@ class Worker:
             metrics = {**{k: _plain(v) for k, v in extra.items()}, **metrics}
         written = self.ckpt_dir.write(task.member, task.interval, task.token, lambda p: spec.save(state, p))
         return score, metrics, written
+
+    def _fetch(self, start: Checkpoint) -> str:
+        """A verified local path of the checkpoint a task starts from."""
+        path = start.path
+        if self.experiment.checkpoints_in_db:
+            data = self.store.checkpoint_data(start)
+            path = self.ckpt_dir.write(start.member, start.interval, f"load-{os.getpid()}",
+                                       lambda p: Path(p).write_bytes(data)).path
+        try:
+            checkpoints.verify(path, start.sha256)
+        except checkpoints.CorruptCheckpoint as e:
+            self.store.mark_corrupt(start, str(e))
+            raise
+        return path
+
+    def _result(self, score: float, metrics: dict, written: checkpoints.Written) -> Result:
+        if not self.experiment.checkpoints_in_db:
+            return Result(score, metrics, written.path, written.sha256, written.size)
+        name = f"{IN_DATABASE}:{self.experiment.name}/{Path(written.path).name}"
+        return Result(score, metrics, name, written.sha256, written.size, Path(written.path).read_bytes())
 
     def _fail(self, task: Task, message: str) -> None:
         self.stats.failed += 1
@@ -239,3 +265,8 @@ class Worker:
 def _one_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else "(no message)"
+
+
+def _local_cache(experiment: Experiment) -> str:
+    """Scratch space for checkpoints that live in the database, on this machine only."""
+    return os.path.join(tempfile.gettempdir(), f"popbt-{os.getuid()}", f"{experiment.name}-{experiment.id}")

@@ -3,6 +3,7 @@
 from .base import (
     DONE,
     FAILED,
+    IN_DATABASE,
     PENDING,
     RUNNING,
     SCHEMA_VERSION,
@@ -28,7 +29,7 @@ def open_store(url: str) -> SQLStore:
 
 
 __all__ = [
-    "DONE", "FAILED", "PENDING", "RUNNING", "SCHEMA_VERSION", "Checkpoint", "Event", "Experiment",
+    "DONE", "FAILED", "IN_DATABASE", "PENDING", "RUNNING", "SCHEMA_VERSION", "Checkpoint", "Event", "Experiment",
     "LeaseLost", "NotFound", "Outcome", "Progress", "Result", "Row", "Store", "StoreError", "Task",
     "SQLStore", "mask_url", "open_store",
 ]

@@ -31,6 +31,9 @@ class LeaseLost(RuntimeError):
     """The worker's lease was taken over; its result must be discarded."""
 
 
+IN_DATABASE = "db"  # the checkpoint_dir of an experiment that keeps checkpoint bytes in the database
+
+
 @dataclass(frozen=True)
 class Experiment:
     id: int
@@ -38,7 +41,11 @@ class Experiment:
     config: ExperimentConfig
     status: str
     created_at: float
-    checkpoint_dir: str
+    checkpoint_dir: str  # a directory every worker can reach, or IN_DATABASE
+
+    @property
+    def checkpoints_in_db(self) -> bool:
+        return self.checkpoint_dir == IN_DATABASE
 
 
 @dataclass(frozen=True)
@@ -67,13 +74,15 @@ class Task:
 
 @dataclass(frozen=True)
 class Result:
-    """What a worker reports after one interval."""
+    """What a worker reports after one interval. ``data`` holds the checkpoint's bytes when
+    the experiment keeps checkpoints in the database (``--checkpoints db``)."""
 
     score: float
     metrics: dict[str, Any]
     path: str
     sha256: str
     size: int
+    data: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +192,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def events(self, experiment_id: int, limit: int = 20) -> list[Event]: ...
+
+    @abc.abstractmethod
+    def checkpoint_data(self, checkpoint: Checkpoint) -> bytes:
+        """The bytes of a checkpoint kept in the database."""
 
     @abc.abstractmethod
     def live_checkpoints(self, experiment_id: int) -> list[Checkpoint]: ...

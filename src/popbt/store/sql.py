@@ -23,6 +23,7 @@ from . import schema as s
 from .base import (
     DONE,
     FAILED,
+    IN_DATABASE,
     PENDING,
     RUNNING,
     SCHEMA_VERSION,
@@ -92,27 +93,34 @@ def _sqlite_engine(url) -> Engine:
 class SQLStore(Store):
     """See ``Store`` for the contract; this class only adds how it is done in SQL."""
 
-    def __init__(self, url: str, retries: int = 5) -> None:
+    def __init__(self, url: str, patience: float = 30.0) -> None:
         self.url = url
         self.engine = _engine(url)
         self.dialect = self.engine.dialect.name
-        self.retries = retries
+        self.patience = patience
         self._configs: dict[int, ExperimentConfig] = {}
         self._run(self._ensure_schema)
 
     # -- plumbing -------------------------------------------------------------------
 
     def _run(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in one transaction; retry a lost connection or a locked database."""
-        for attempt in range(self.retries + 1):
+        """Run ``fn`` in one transaction; retry a lost connection or a locked database with
+        bounded backoff for up to ``patience`` seconds, then give up with StoreError.
+
+        A retried transaction is safe: each one is a compare-and-set, so one that committed
+        before its connection dropped is refused (LeaseLost) rather than applied twice.
+        """
+        deadline = time.monotonic() + self.patience
+        delay = 0.1
+        while True:
             try:
                 with self.engine.begin() as conn:
                     return fn(conn)
             except OperationalError as e:
-                if attempt == self.retries:
+                if time.monotonic() + delay > deadline:
                     raise StoreError(f"storage {mask_url(self.url)}: {_first_line(e)}") from None
-                time.sleep(min(0.2 * 2**attempt, 5.0))
-        raise AssertionError("unreachable")
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _ensure_schema(self, conn: Connection) -> None:
         if self.dialect == "postgresql":
@@ -238,11 +246,12 @@ class SQLStore(Store):
         cfg = self.config(task.experiment_id)
 
         def tx(conn: Connection) -> Outcome:
+            _serialize(conn, task.experiment_id)
             now = _now(conn)
             ckpt_id = conn.execute(insert(s.checkpoints).values(
                 experiment_id=task.experiment_id, member=task.member, interval=task.interval,
                 path=result.path, sha256=result.sha256, size=result.size, state="live",
-                created_at=now,
+                data=result.data, created_at=now,
             ).returning(s.checkpoints.c.id)).scalar_one()
             done = conn.execute(update(s.tasks).where(*_fence(task)).values(
                 state=DONE, score=result.score, metrics=result.metrics,
@@ -261,6 +270,7 @@ class SQLStore(Store):
         t = s.tasks
 
         def tx(conn: Connection) -> Outcome:
+            _serialize(conn, task.experiment_id)
             now = _now(conn)
             row = conn.execute(update(t).where(*_fence(task)).values(
                 state=PENDING, lease_token=None, lease_expires=None, error=message,
@@ -448,6 +458,13 @@ class SQLStore(Store):
             select(x).where(x.c.experiment_id == experiment_id).order_by(x.c.id)).all())
         return [dict(r._mapping) for r in rows]
 
+    def checkpoint_data(self, checkpoint: Checkpoint) -> bytes:
+        c = s.checkpoints
+        data = self._run(lambda conn: conn.execute(select(c.c.data).where(c.c.id == checkpoint.id)).scalar_one())
+        if data is None:
+            raise StoreError(f"checkpoint {checkpoint.path} has no bytes in the database")
+        return bytes(data)
+
     def live_checkpoints(self, experiment_id: int) -> list[Checkpoint]:
         c = s.checkpoints
         rows = self._run(lambda conn: conn.execute(
@@ -510,9 +527,17 @@ def _collect_garbage(conn: Connection, exp_id: int) -> list[str]:
     dead = conn.execute(
         update(c).where(c.c.experiment_id == exp_id, c.c.state.in_(("live", "corrupt")),
                         c.c.id.not_in(starts), c.c.id.not_in(heads))
-        .values(state="deleted").returning(c.c.path)
+        .values(state="deleted", data=None).returning(c.c.path)
     ).all()
-    return [r.path for r in dead]
+    return [r.path for r in dead if not r.path.startswith(IN_DATABASE + ":")]
+
+
+def _serialize(conn: Connection, exp_id: int) -> None:
+    """Take the experiment's row lock: reports and failures of one experiment decide one at a
+    time, each seeing the others' results (PostgreSQL's READ COMMITTED would otherwise let two
+    reports each miss the other, e.g. both finishing a generation and neither starting the
+    next). On sqlite, BEGIN IMMEDIATE already serialises writers and FOR UPDATE is omitted."""
+    conn.execute(select(s.experiments.c.id).where(s.experiments.c.id == exp_id).with_for_update())
 
 
 def _fence(task: Task) -> Iterable:
