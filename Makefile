@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS := torch,postgres,plots,examples,test
+EXTRAS := torch,postgres,plots,examples,pb2,test
 
 .PHONY: demo test bench chaos clean
 

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any, Callable, Mapping
 
 from .space import Domain, SpaceError, check_space, space_from_json, space_to_json
-from .strategy import check_quantile
+from .strategy import EXPLOITS, EXPLORES, check_quantile, check_top
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -52,6 +52,13 @@ class ExperimentConfig:
     max_attempts: int = 3
     lease_seconds: float = 60.0
     search: str = "pbt"
+    top: int | None = None  # a count for the top/bottom groups; wins over quantile
+    exploit: str = "truncation"  # truncation | tournament | ttest
+    ttest_window: int = 4
+    ttest_alpha: float = 0.05
+    ready_every: int = 1  # exploit only before intervals that are multiples of this
+    burn_in: int = 0  # no exploit before this interval
+    explore: str = "perturb"  # perturb | pb2
 
     def __post_init__(self) -> None:
         check_name(self.name, "experiment name")
@@ -63,16 +70,31 @@ class ExperimentConfig:
             raise ConfigError(f"mode must be 'max' or 'min', got {self.mode!r}")
         if self.search not in ("pbt", "random"):
             raise ConfigError(f"search must be 'pbt' or 'random', got {self.search!r}")
-        if not 0 <= self.resample_probability <= 1:
-            raise ConfigError("resample_probability must be in [0, 1]")
+        if not is_finite_number(self.resample_probability) or not 0 <= self.resample_probability <= 1:
+            raise ConfigError(f"resample_probability must be in [0, 1], got {self.resample_probability!r}")
+        _check_factors(self.factors)
+        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
         if not self.lease_seconds > 0:
             raise ConfigError("lease_seconds must be positive")
         try:
             check_quantile(self.quantile)
+            check_top(self.top, self.population)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.exploit not in EXPLOITS:
+            raise ConfigError(f"exploit must be one of {', '.join(EXPLOITS)}, got {self.exploit!r}")
+        if self.explore not in EXPLORES:
+            raise ConfigError(f"explore must be one of {', '.join(EXPLORES)}, got {self.explore!r}")
+        if not _is_int(self.ttest_window) or self.ttest_window < 2:
+            raise ConfigError(f"ttest_window must be an integer of at least 2, got {self.ttest_window!r}")
+        if not is_finite_number(self.ttest_alpha) or not 0 < self.ttest_alpha < 1:
+            raise ConfigError(f"ttest_alpha must be in (0, 1), got {self.ttest_alpha!r}")
+        if not _is_int(self.ready_every) or self.ready_every < 1:
+            raise ConfigError(f"ready_every must be a positive integer, got {self.ready_every!r}")
+        if not _is_int(self.burn_in) or self.burn_in < 0:
+            raise ConfigError(f"burn_in must be an integer of at least 0, got {self.burn_in!r}")
 
     @property
     def exploits(self) -> bool:
@@ -94,10 +116,23 @@ class ExperimentConfig:
 
 
 # Settings a spec module may default and the command line may override.
-TUNABLE = ("population", "intervals", "sync", "seed", "quantile", "metric", "mode",
-           "resample_probability", "max_attempts", "lease_seconds", "search")
+STRATEGY = ("quantile", "top", "exploit", "ttest_window", "ttest_alpha", "ready_every", "burn_in",
+            "explore", "factors", "resample_probability")
+TUNABLE = ("population", "intervals", "sync", "seed", "metric", "mode", "max_attempts", "lease_seconds",
+           "search", *STRATEGY)
 # Settings that, once an experiment exists, cannot change on resume.
-FIXED_ON_RESUME = ("population", "intervals", "sync", "seed", "quantile", "metric", "mode", "search")
+FIXED_ON_RESUME = ("population", "intervals", "sync", "seed", "metric", "mode", "search", *STRATEGY)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_factors(factors: Any) -> None:
+    """Explore multiplies by one of these: each must be a positive finite number."""
+    items = list(factors) if isinstance(factors, (list, tuple)) else None
+    if not items or not all(is_finite_number(f) and f > 0 for f in items):
+        raise ConfigError(f"factors must be a non-empty list of positive numbers, got {factors!r}")
 
 
 def check_name(name: str, what: str) -> str:
@@ -123,6 +158,7 @@ class Spec:
     load: Callable
     apply: Callable | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
+    explore: Callable | None = None  # the spec's explore(hparams, rng) hook, if it has one
 
     @property
     def stem(self) -> str:
@@ -136,7 +172,9 @@ class Spec:
         values = {**self.defaults, **{k: v for k, v in overrides.items() if v is not None}}
         if values.get("seed") is None:
             values["seed"] = random.SystemRandom().randrange(2**31)
-        return ExperimentConfig(name=name or self.stem, spec=self.ref, space=self.space, **values)
+        config = ExperimentConfig(name=name or self.stem, spec=self.ref, space=self.space, **values)
+        check_installed(config)
+        return config
 
 
 REQUIRED = ("build", "train", "evaluate", "save", "load")
@@ -203,14 +241,34 @@ def _spec_from_object(ref: str, obj: Any) -> Spec:
     except SpaceError as e:
         raise SpecError(f"spec {ref!r}: {e}") from None
     apply = getattr(obj, "apply", None)
-    defaults = {n: getattr(obj, n) for n in TUNABLE if getattr(obj, n, None) is not None}
-    return Spec(ref, space, *(getattr(obj, n) for n in REQUIRED), apply=apply, defaults=defaults)
+    # ``explore`` is either the hook (a function) or the default explore rule (a string)
+    hook = getattr(obj, "explore", None)
+    hook = hook if callable(hook) else None
+    defaults = {n: getattr(obj, n) for n in TUNABLE
+                if getattr(obj, n, None) is not None and not (n == "explore" and hook)}
+    return Spec(ref, space, *(getattr(obj, n) for n in REQUIRED), apply=apply, defaults=defaults,
+                explore=hook)
+
+
+def check_installed(config: ExperimentConfig) -> None:
+    """Fail before anything is written when a chosen rule needs an optional package
+    (checked when an experiment is created, not when a stored one is read)."""
+    needs = []
+    if config.exploit == "ttest":
+        needs.append(("exploit='ttest'", "scipy", "scipy"))
+    if config.explore == "pb2":
+        needs.append(("explore='pb2'", "sklearn", "'popbt[pb2]'"))
+    for what, module, package in needs:
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{what} needs {module}: pip install {package}")
 
 
 def check_resume(stored: ExperimentConfig, requested: Mapping[str, Any]) -> None:
     """Refuse options that contradict the experiment being resumed (e.g. --sync on async)."""
     for key in FIXED_ON_RESUME:
         value = requested.get(key)
+        if isinstance(value, list):
+            value = tuple(value)  # factors: a list from Python, a tuple once stored
         if value is not None and value != getattr(stored, key):
             raise ConfigError(
                 f"experiment {stored.name!r} was created with {key}={getattr(stored, key)!r}; "

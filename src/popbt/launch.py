@@ -113,17 +113,24 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
         devices: str | Sequence[str] | None = None, sync: bool | None = None, seed: int | None = None,
         quantile: float | None = None, search: str | None = None, storage: str | None = None,
         dir: str | os.PathLike | None = None, checkpoints: str | None = None,
-        console: Console | None = None) -> RunSummary:
+        console: Console | None = None, top: int | None = None, exploit: str | None = None,
+        ttest_window: int | None = None, ttest_alpha: float | None = None,
+        ready_every: int | None = None, burn_in: int | None = None, explore: str | None = None,
+        factors: Sequence[float] | None = None, resample_probability: float | None = None) -> RunSummary:
     """Create or resume an experiment and train it with ``workers`` local processes.
 
     ``workers=0`` only creates the experiment, for workers started elsewhere. ``checkpoints``
     is a directory every worker can reach (default DIR/checkpoints) or ``"db"`` to keep
     checkpoint bytes in the database, so a multi-machine run needs only the storage URL.
+    ``top`` ... ``resample_probability`` choose the exploit/explore rules (docs/strategies.md).
     """
     console = console or Console()
     loaded = load_spec(spec)
     overrides = dict(population=population, intervals=intervals, sync=sync, seed=seed,
-                     quantile=quantile, search=search)
+                     quantile=quantile, search=search, top=top, exploit=exploit,
+                     ttest_window=ttest_window, ttest_alpha=ttest_alpha, ready_every=ready_every,
+                     burn_in=burn_in, explore=explore, resample_probability=resample_probability,
+                     factors=None if factors is None else tuple(factors))
     loaded.config(name, **overrides)  # invalid settings fail here, before anything is written
     where = place(dir, storage)
     device_list = parse_devices(devices)
@@ -187,8 +194,8 @@ def spawn_workers(spec: str, exp: Experiment, where: Place, devices: Sequence[st
     logs = where.dir / "logs" / exp.name
     logs.mkdir(parents=True, exist_ok=True)
     assigned = [devices[i % len(devices)] for i in range(n)]
-    on_cpu = sum(d == "cpu" for d in assigned) or 1
-    threads = max(1, (os.cpu_count() or 1) // on_cpu)
+    # Every worker runs host-side torch ops (GPU workers too): split the cores among all of them.
+    threads = max(1, (os.cpu_count() or 1) // n)
     procs = []
     for i, device in enumerate(assigned):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -229,6 +236,7 @@ def work(spec: str, *, experiment: str = "latest", device: str = "cpu", storage:
     store = open_store(where.storage)
     try:
         exp = store.experiment(experiment)
+        store.patience = exp.config.lease_seconds  # past the lease, our work belongs to others
         worker = Worker(store, exp, loaded, device=device, threads=threads)
         log.info("worker %s joins experiment %s on %s (%s)", worker.name, exp.name, device,
                  mask_url(where.storage))

@@ -24,7 +24,7 @@ from typing import Any
 from . import checkpoints
 from .experiment import ConfigError, Spec
 from .space import space_to_json
-from .store import IN_DATABASE, Checkpoint, Experiment, LeaseLost, Result, Store, Task
+from .store import IN_DATABASE, Checkpoint, Experiment, LeaseLost, Result, Store, StoreError, Task
 
 log = logging.getLogger("popbt.worker")
 
@@ -159,7 +159,16 @@ class Worker:
         set_threads(threads)
 
     def run(self, stop: threading.Event | None = None, poll: float = 1.0) -> WorkerStats:
-        stop = stop or threading.Event()
+        """Train until the experiment is finished. If the database stays unreachable for
+        longer than a lease (the store's patience), stop taking work with a StoreError: by
+        then any task this worker held belongs to another worker, so nothing partial is written."""
+        try:
+            return self._loop(stop or threading.Event(), poll)
+        except StoreError as e:
+            raise StoreError(f"worker {self.name} stops taking work: the database was unreachable for "
+                             f"longer than its {self.config.lease_seconds:g} s lease ({e})") from None
+
+    def _loop(self, stop: threading.Event, poll: float) -> WorkerStats:
         idle = 0.05
         while not stop.is_set():
             task = self.store.claim(self.experiment.id, self.name, self.device)
@@ -190,7 +199,7 @@ class Worker:
             self._lost(task, written.path)
             return
         try:
-            outcome = self.store.report(task, self._result(score, metrics, written))
+            outcome = self.store.report(task, self._result(score, metrics, written), explore=self.spec.explore)
         except LeaseLost:
             self._lost(task, written.path)
             return
@@ -250,7 +259,7 @@ class Worker:
         self.stats.failed += 1
         log.warning("member %d interval %d failed: %s", task.member, task.interval, message)
         try:
-            outcome = self.store.fail(task, message)
+            outcome = self.store.fail(task, message, explore=self.spec.explore)
         except LeaseLost:
             return
         checkpoints.delete(outcome.garbage)

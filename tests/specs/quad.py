@@ -1,6 +1,7 @@
 """A fast spec for the tests: the PBT toy quadratic, with faults switched on by env vars.
 
-POPBT_TEST_HANG=M:K:DIR   member M, interval K: touch DIR/hang-<pid>, then block until killed
+POPBT_TEST_HANG=M:K:DIR   member M, interval K: touch DIR/hang-<pid>, then block (until killed,
+                          or for POPBT_TEST_HANG_SECONDS)
 POPBT_TEST_FAIL=M:K       member M, interval K raises in train, every attempt
 POPBT_TEST_NAN=M:K        member M, interval K evaluates to NaN, every attempt
 POPBT_TEST_STEP_SECONDS=S each interval takes S more seconds, like real training
@@ -42,7 +43,7 @@ def train(theta, hparams, interval, device):
     hang = _injected("POPBT_TEST_HANG")
     if hang:
         Path(hang[2], f"hang-{os.getpid()}").touch()
-        time.sleep(3600)
+        time.sleep(float(os.environ.get("POPBT_TEST_HANG_SECONDS", "3600")))
     if _injected("POPBT_TEST_FAIL"):
         raise RuntimeError("injected failure")
     time.sleep(float(os.environ.get("POPBT_TEST_STEP_SECONDS", "0")))

@@ -8,6 +8,7 @@ rows instead of waiting. Everything else is the same SQL.
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from typing import Any, Callable, Iterable, TypeVar
@@ -16,7 +17,7 @@ from sqlalchemy import and_, create_engine, event, func, insert, or_, select, up
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
-from .. import strategy
+from .. import pb2, strategy
 from ..experiment import ConfigError, ExperimentConfig
 from ..space import sample_space
 from . import schema as s
@@ -43,6 +44,7 @@ from .base import (
 
 T = TypeVar("T")
 ACTIVE = (PENDING, RUNNING)
+Hook = Callable[[dict, random.Random], Any]  # a spec's explore(hparams, rng)
 
 
 def mask_url(url: str) -> str:
@@ -51,6 +53,12 @@ def mask_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<malformed URL>"
+
+
+# A dropped network must surface as an error within seconds, not hang on TCP retransmits:
+# the worker then retries, and gives up (stops taking work) once its lease has run out.
+PG_CONNECT = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+              "keepalives_count": 2, "tcp_user_timeout": 8000}
 
 
 def _engine(url: str) -> Engine:
@@ -66,7 +74,7 @@ def _engine(url: str) -> Engine:
     if backend == "sqlite":
         return _sqlite_engine(parsed)
     try:
-        return create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args={"connect_timeout": 10})
+        return create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args=PG_CONNECT)
     except Exception as e:
         raise StoreError(f"storage {mask_url(url)}: {e}") from None
 
@@ -242,7 +250,9 @@ class SQLStore(Store):
 
         return self._run(tx)
 
-    def report(self, task: Task, result: Result) -> Outcome:
+    def report(self, task: Task, result: Result, explore: Hook | None = None) -> Outcome:
+        """``explore``: the spec's explore(hparams, rng) hook, used for an exploit this report
+        decides (the store runs in the reporting worker, the only place user code lives)."""
         cfg = self.config(task.experiment_id)
 
         def tx(conn: Connection) -> Outcome:
@@ -259,13 +269,13 @@ class SQLStore(Store):
             ))
             if done.rowcount != 1:
                 raise LeaseLost(f"member {task.member} interval {task.interval}: lease was taken over")
-            donor = self._schedule(conn, cfg, task.experiment_id, task.member, task.interval, now)
+            donor = self._schedule(conn, cfg, task.experiment_id, task.member, task.interval, now, explore)
             return Outcome(self._maybe_finish(conn, task.experiment_id), donor,
                            _collect_garbage(conn, task.experiment_id))
 
         return self._run(tx)
 
-    def fail(self, task: Task, message: str) -> Outcome:
+    def fail(self, task: Task, message: str, explore: Hook | None = None) -> Outcome:
         cfg = self.config(task.experiment_id)
         t = s.tasks
 
@@ -282,7 +292,7 @@ class SQLStore(Store):
                    f"attempt {row.attempts}/{cfg.max_attempts}: {message}", None, now)
             donor = None
             if row.attempts >= cfg.max_attempts:
-                donor = self._replace(conn, cfg, task, row.replacements, dict(row.hparams), now)
+                donor = self._replace(conn, cfg, task, row.replacements, dict(row.hparams), now, explore)
             return Outcome(self._maybe_finish(conn, task.experiment_id), donor,
                            _collect_garbage(conn, task.experiment_id))
 
@@ -302,31 +312,30 @@ class SQLStore(Store):
     # -- deciding what comes next (inside the report's transaction) --------------------
 
     def _schedule(self, conn: Connection, cfg: ExperimentConfig, exp_id: int, member: int,
-                  interval: int, now: float) -> int | None:
+                  interval: int, now: float, hook: Hook | None = None) -> int | None:
         """Create the next task(s) after ``member`` finished ``interval``; return its donor."""
         if interval + 1 >= cfg.intervals:
             return None
         if cfg.sync:
-            return self._next_generation(conn, cfg, exp_id, interval, now).get(member)
-        return self._next_async(conn, cfg, exp_id, member, interval, now)
+            return self._next_generation(conn, cfg, exp_id, interval, now, hook).get(member)
+        return self._next_async(conn, cfg, exp_id, member, interval, now, hook)
 
     def _next_async(self, conn: Connection, cfg: ExperimentConfig, exp_id: int, member: int,
-                    interval: int, now: float) -> int | None:
+                    interval: int, now: float, hook: Hook | None = None) -> int | None:
         heads = _heads(conn, exp_id)
         own = heads[member]
         donor = None
-        if cfg.exploits and _warm(conn, exp_id):
+        if _may_exploit(cfg, interval + 1, len(heads)) and _warm(conn, exp_id):
             rng = strategy.decision_rng(cfg.seed, "exploit", member, interval)
-            donor = strategy.truncation([h.standing for h in heads.values()], cfg.mode,
-                                        cfg.quantile, rng).get(member)
-        if donor is None:
-            _add_task(conn, exp_id, member, interval + 1, own.hparams, own.checkpoint_id)
-            return None
-        self._exploit(conn, cfg, exp_id, own, heads[donor.member], interval + 1, "exploit", now)
-        return donor.member
+            donor = _select(conn, cfg, exp_id, heads, [member], rng).get(member)
+        if donor is not None and self._exploit(conn, cfg, exp_id, own, heads[donor.member], interval + 1,
+                                               "exploit", now, hook=hook):
+            return donor.member
+        _add_task(conn, exp_id, member, interval + 1, own.hparams, own.checkpoint_id)
+        return None
 
     def _next_generation(self, conn: Connection, cfg: ExperimentConfig, exp_id: int,
-                         interval: int, now: float) -> dict[int, int]:
+                         interval: int, now: float, hook: Hook | None = None) -> dict[int, int]:
         """Synchronous mode: when generation ``interval`` is complete, create the next one.
 
         Runs inside the report that completes the generation, so exactly one worker does it.
@@ -338,26 +347,35 @@ class SQLStore(Store):
             return {}
         gen = {h.member: h for h in _heads(conn, exp_id, interval=interval).values()}
         donors: dict[int, strategy.Standing] = {}
-        if cfg.exploits and len(gen) >= 2:
+        if _may_exploit(cfg, interval + 1, len(gen)):
             rng = strategy.decision_rng(cfg.seed, "generation", interval)
-            donors = strategy.truncation([h.standing for h in gen.values()], cfg.mode, cfg.quantile, rng)
+            donors = _select(conn, cfg, exp_id, gen, sorted(gen), rng)
+        copied: dict[int, int] = {}
         for member in sorted(gen):
             head = gen[member]
-            if member in donors:
-                self._exploit(conn, cfg, exp_id, head, gen[donors[member].member], interval + 1, "exploit", now)
+            if member in donors and self._exploit(conn, cfg, exp_id, head, gen[donors[member].member],
+                                                  interval + 1, "exploit", now, hook=hook):
+                copied[member] = donors[member].member
             else:
                 _add_task(conn, exp_id, member, interval + 1, head.hparams, head.checkpoint_id)
-        return {m: d.member for m, d in donors.items()}
+        return copied
 
     def _exploit(self, conn: Connection, cfg: ExperimentConfig, exp_id: int, loser: "_Head",
                  donor: "_Head", interval: int, reason: str, now: float,
-                 task_id: int | None = None) -> None:
+                 task_id: int | None = None, hook: Hook | None = None) -> bool:
         """Point ``loser``'s next task at the donor's checkpoint, with explored hyperparameters.
 
-        No bytes move: the new task references the donor's checkpoint row.
+        No bytes move: the new task references the donor's checkpoint row. Returns False,
+        having recorded a failure and changed nothing else, when the spec's explore hook
+        raises or answers outside the space: the caller then keeps the member as it was.
         """
         rng = strategy.decision_rng(cfg.seed, "explore", loser.member, interval, reason)
-        explored = strategy.explore(donor.hparams, cfg.space, rng, cfg.factors, cfg.resample_probability)
+        try:
+            explored = _explored(conn, cfg, exp_id, loser.member, donor.hparams, interval, rng, hook)
+        except strategy.ExploreError as e:
+            _event(conn, exp_id, loser.member, interval, "failure",
+                   f"member {loser.member} cannot copy member {donor.member}: {e}", None, now)
+            return False
         conn.execute(insert(s.exploits).values(
             experiment_id=exp_id, member=loser.member, interval=interval, donor=donor.member,
             donor_interval=donor.interval, score=loser.score, donor_score=donor.score,
@@ -369,18 +387,14 @@ class SQLStore(Store):
         else:
             conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(
                 hparams=explored.hparams, start_checkpoint_id=donor.checkpoint_id, attempts=0))
+        return True
 
     def _replace(self, conn: Connection, cfg: ExperimentConfig, task: Task, replacements: int,
-                 hparams: dict, now: float) -> int | None:
+                 hparams: dict, now: float, hook: Hook | None = None) -> int | None:
         """A member failed ``max_attempts`` times in a row: restart it from a top member."""
         t = s.tasks
         if replacements >= cfg.max_attempts:
-            conn.execute(update(t).where(t.c.id == task.id).values(state=FAILED))
-            _event(conn, task.experiment_id, task.member, task.interval, "gave_up",
-                   f"member {task.member} failed {replacements + 1} times over; it stops here", None, now)
-            if cfg.sync:
-                self._next_generation(conn, cfg, task.experiment_id, task.interval, now)
-            return None
+            return self._give_up(conn, cfg, task, f"failed {replacements + 1} times over", now, hook)
         conn.execute(update(t).where(t.c.id == task.id).values(replacements=replacements + 1))
         others = {m: h for m, h in _heads(conn, task.experiment_id).items() if m != task.member}
         if not others:
@@ -393,13 +407,25 @@ class SQLStore(Store):
             return None
         rng = strategy.decision_rng(cfg.seed, "replace", task.member, task.interval, replacements)
         ranked = strategy.rank([h.standing for h in others.values()], cfg.mode, rng)
-        top = ranked[:max(1, int(len(ranked) * cfg.quantile))]
-        donor = others[rng.choice(top).member]
+        size = cfg.top if cfg.top is not None else int(len(ranked) * cfg.quantile)
+        donor = others[rng.choice(ranked[:max(1, size)]).member]
         loser = _Head(task.member, task.interval - 1, None, hparams, None)
-        self._exploit(conn, cfg, task.experiment_id, loser, donor, task.interval, "replace", now, task.id)
+        if not self._exploit(conn, cfg, task.experiment_id, loser, donor, task.interval, "replace", now,
+                             task.id, hook):
+            return self._give_up(conn, cfg, task, "cannot be replaced (its explore hook failed)", now, hook)
         _event(conn, task.experiment_id, task.member, task.interval, "replaced",
                f"member {task.member} copies member {donor.member} after repeated failures", None, now)
         return donor.member
+
+    def _give_up(self, conn: Connection, cfg: ExperimentConfig, task: Task, why: str, now: float,
+                 hook: Hook | None) -> None:
+        """The member stops here; the run completes without it."""
+        conn.execute(update(s.tasks).where(s.tasks.c.id == task.id).values(state=FAILED))
+        _event(conn, task.experiment_id, task.member, task.interval, "gave_up",
+               f"member {task.member} {why}; it stops here", None, now)
+        if cfg.sync:
+            self._next_generation(conn, cfg, task.experiment_id, task.interval, now, hook)
+        return None
 
     def _maybe_finish(self, conn: Connection, exp_id: int) -> bool:
         active = conn.execute(select(func.count()).where(
@@ -504,6 +530,57 @@ def _heads(conn: Connection, exp_id: int, interval: int | None = None) -> dict[i
                         .order_by(t.c.member)).all()
     return {r.member: _Head(r.member, r.interval, r.score, dict(r.hparams), r.result_checkpoint_id)
             for r in rows}
+
+
+def _may_exploit(cfg: ExperimentConfig, next_interval: int, members: int) -> bool:
+    """Exploit is on, someone is there to copy, and the ready rule allows it now."""
+    return (cfg.exploits and members >= 2
+            and strategy.is_ready(next_interval, cfg.ready_every, cfg.burn_in))
+
+
+def _select(conn: Connection, cfg: ExperimentConfig, exp_id: int, heads: dict[int, _Head],
+            members: list[int], rng: random.Random) -> dict[int, strategy.Standing]:
+    """Who among ``members`` copies whom, by the experiment's exploit rule."""
+    standings = [h.standing for h in heads.values()]
+    if cfg.exploit == "tournament":
+        return strategy.tournament(standings, cfg.mode, rng, members)
+    if cfg.exploit == "ttest":
+        recent = strategy.histories(_trained(conn, exp_id), {m: h.checkpoint_id for m, h in heads.items()},
+                                    cfg.ttest_window)
+        return strategy.ttest(standings, recent, cfg.mode, rng, cfg.ttest_window, cfg.ttest_alpha, members)
+    decided = strategy.truncation(standings, cfg.mode, cfg.quantile, rng, cfg.top)
+    return {m: d for m, d in decided.items() if m in members}
+
+
+def _explored(conn: Connection, cfg: ExperimentConfig, exp_id: int, member: int, hparams: dict,
+              interval: int, rng: random.Random, hook: Hook | None) -> strategy.Explored:
+    """The copy's new hyperparameters: PB2, else the spec's hook, else PBT's perturbation."""
+    if cfg.explore == "pb2":
+        history = pb2.points(_trained(conn, exp_id), cfg.mode)
+        return pb2.explore(hparams, cfg.space, history, interval, rng, cfg.factors,
+                           cfg.resample_probability, pending=_pending(conn, exp_id, member))
+    if hook is not None:
+        return strategy.explore_with(hook, hparams, cfg.space, rng)
+    return strategy.explore(hparams, cfg.space, rng, cfg.factors, cfg.resample_probability)
+
+
+def _trained(conn: Connection, exp_id: int) -> list[strategy.Trained]:
+    """Every completed interval of the experiment, for lineages (t-test) and PB2's fit."""
+    t = s.tasks
+    rows = conn.execute(
+        select(t.c.member, t.c.interval, t.c.score, t.c.hparams, t.c.start_checkpoint_id,
+               t.c.result_checkpoint_id)
+        .where(t.c.experiment_id == exp_id, t.c.state == DONE).order_by(t.c.interval, t.c.member)).all()
+    return [strategy.Trained(r.member, r.interval, r.score, dict(r.hparams), r.start_checkpoint_id,
+                             r.result_checkpoint_id) for r in rows]
+
+
+def _pending(conn: Connection, exp_id: int, member: int) -> list[dict]:
+    """The hyperparameters other members are training (or about to), for PB2 to spread out."""
+    t = s.tasks
+    rows = conn.execute(select(t.c.hparams).where(
+        t.c.experiment_id == exp_id, t.c.state.in_(ACTIVE), t.c.member != member).order_by(t.c.member)).all()
+    return [dict(r.hparams) for r in rows]
 
 
 def _warm(conn: Connection, exp_id: int) -> bool:
