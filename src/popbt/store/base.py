@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..experiment import ExperimentConfig
 
@@ -173,10 +173,11 @@ class Store(abc.ABC):
     def heartbeat(self, task: Task) -> bool: ...
 
     @abc.abstractmethod
-    def report(self, task: Task, result: Result) -> Outcome: ...
+    def report(self, task: Task, result: Result, explore: Callable | None = None) -> Outcome:
+        """``explore`` is the spec's own ``explore(hparams, rng)`` hook, when it has one."""
 
     @abc.abstractmethod
-    def fail(self, task: Task, message: str) -> Outcome: ...
+    def fail(self, task: Task, message: str, explore: Callable | None = None) -> Outcome: ...
 
     @abc.abstractmethod
     def release(self, task: Task) -> bool: ...
