@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
 from popbt.experiment import ExperimentConfig
 from popbt.space import Uniform

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,22 +66,42 @@ class CheckpointDir:
             raise
         return Written(str(final), digest, size)
 
-    def sweep(self, keep: Iterable[str], older_than: float) -> list[str]:
+    def sweep(self, keep: Iterable[str], older_than: float,
+              busy: Iterable[tuple[int, int]] = ()) -> list[str]:
         """Delete files no row references (left by a worker killed before its report).
 
-        Only files older than ``older_than`` seconds go, so an in-flight write is never touched.
+        Only files older than ``older_than`` seconds go, so an in-flight write is never touched,
+        and never a file of a (member, interval) in ``busy``: the tasks running when the caller
+        read ``keep``. Their holder may be frozen (SIGSTOP, a stalled disk, a locked database)
+        between writing the file and reporting it, for any time, and its report is still
+        accepted as long as nobody took its lease over.
         """
         if not self.root.is_dir():
             return []
         keep = {os.path.abspath(p) for p in keep}
+        busy = set(busy)
         cutoff = time.time() - older_than
         removed = []
         for path in self.root.iterdir():
             if (path.name.endswith(SUFFIX) or path.name.startswith(".tmp-")) \
-                    and str(path.absolute()) not in keep and path.stat().st_mtime < cutoff:
+                    and str(path.absolute()) not in keep and owner(path.name) not in busy:
+                try:
+                    if path.stat().st_mtime >= cutoff:
+                        continue
+                except FileNotFoundError:
+                    continue  # its worker renamed or deleted it meanwhile
                 path.unlink(missing_ok=True)
                 removed.append(str(path))
         return removed
+
+
+_NAME = re.compile(r"^(?:\.tmp-)?m(\d+)-i(\d+)-")
+
+
+def owner(name: str) -> tuple[int, int] | None:
+    """The (member, interval) a checkpoint file name was written for, if it is one of ours."""
+    match = _NAME.match(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def verify(path: str, sha256: str) -> None:

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
+from sqlalchemy.engine import make_url
 
 from . import analysis, checkpoints, live
 from .experiment import ConfigError, Spec, check_name, check_resume, load_spec
-from .store import IN_DATABASE, Experiment, NotFound, SQLStore, mask_url, open_store
+from .store import IN_DATABASE, RUNNING, Experiment, NotFound, SQLStore, StoreError, mask_url, open_store
 from .worker import Worker, WorkerStats
 
 log = logging.getLogger("popbt")
@@ -49,6 +50,8 @@ def place(dir: str | os.PathLike | None = None, storage: str | None = None, crea
     """Resolve ``--dir`` and ``--storage`` (flag, then env POPBT_STORAGE, then DIR/popbt.db)."""
     root = Path(dir or os.environ.get("POPBT_DIR") or DEFAULT_DIR).absolute()
     url = storage or os.environ.get("POPBT_STORAGE")
+    if url is not None:
+        check_sqlite_path(url)  # before anything is written
     if create or url is None:
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -57,6 +60,30 @@ def place(dir: str | os.PathLike | None = None, storage: str | None = None, crea
         if not os.access(root, os.W_OK):
             raise ConfigError(f"run directory {root} is not writable")
     return Place(root, url or f"sqlite:///{root / 'popbt.db'}")
+
+
+def check_sqlite_path(url: str) -> None:
+    """A sqlite file that cannot be opened is bad input: say so at once, in one line (the store
+    would first retry it as if it were a server that went away)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return  # the store says what is malformed
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:"):
+        return
+    path = Path(database).absolute()
+    if path.exists():
+        if not path.is_file():
+            raise StoreError(f"storage {mask_url(url)}: {path} is not a database file")
+        return
+    if not path.parent.exists():
+        raise StoreError(f"storage {mask_url(url)}: directory {path.parent} does not exist")
+    if not path.parent.is_dir():
+        raise StoreError(f"storage {mask_url(url)}: {path.parent} is not a directory")
+    if not os.access(path.parent, os.W_OK):
+        raise StoreError(f"storage {mask_url(url)}: directory {path.parent} is not writable")
 
 
 def detect_devices() -> list[str]:
@@ -182,9 +209,17 @@ def default_workers(devices: Sequence[str]) -> int:
 
 
 def sweep(store: SQLStore, exp: Experiment) -> None:
-    """Remove checkpoint files that workers killed before reporting left behind."""
+    """Remove checkpoint files that workers killed before reporting left behind.
+
+    The running tasks are read before the live checkpoints, and their files are kept: a worker
+    frozen between writing its checkpoint and reporting it (for longer than any age limit) still
+    commits it unless its lease was taken over, and a file read as unreferenced must be one
+    that no report can reference any more.
+    """
+    busy = [(r.member, r.interval) for r in store.history(exp.id) if r.state == RUNNING]
     keep = [c.path for c in store.live_checkpoints(exp.id)]
-    removed = checkpoints.CheckpointDir(exp.checkpoint_dir).sweep(keep, older_than=2 * exp.config.lease_seconds)
+    removed = checkpoints.CheckpointDir(exp.checkpoint_dir).sweep(
+        keep, older_than=2 * exp.config.lease_seconds, busy=busy)
     if removed:
         log.info("removed %d orphaned checkpoint files", len(removed))
 
@@ -198,10 +233,12 @@ def spawn_workers(spec: str, exp: Experiment, where: Place, devices: Sequence[st
     threads = max(1, (os.cpu_count() or 1) // n)
     procs = []
     for i, device in enumerate(assigned):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        # The storage URL goes by environment, not argv: a password in it would show in `ps`
+        # (any user can read another's command line, not its environment).
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                   POPBT_STORAGE=where.storage)
         cmd = [sys.executable, "-m", "popbt", "worker", spec, "--experiment", exp.name,
-               "--storage", where.storage, "--device", device, "--threads", str(threads),
-               "--dir", str(where.dir)]
+               "--device", device, "--threads", str(threads), "--dir", str(where.dir)]
         with open(logs / f"worker-{i}.log", "ab") as out:
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                           stdin=subprocess.DEVNULL))

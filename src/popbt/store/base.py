@@ -17,6 +17,7 @@ SCHEMA_VERSION = 1
 
 # Task states. A task is "train member m for interval k".
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+ACTIVE = (PENDING, RUNNING)  # not yet done: a worker may still train it
 
 
 class StoreError(RuntimeError):
