@@ -205,3 +205,11 @@ def test_an_explore_hook_answer_outside_the_space_is_one_clear_error(hook, messa
     with pytest.raises(ExploreError) as err:
         explore_with(hook, {"lr": 0.5, "bs": 32}, HOOK_SPACE, random.Random(0))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncation_never_copies_a_donor_that_only_ties():
+    tied = [Standing(m, 3, 0.98) for m in range(10)]
+    assert truncation(tied, "max", 0.2, random.Random(0)) == {}
+    mixed = [Standing(m, 3, 0.98) for m in range(9)] + [Standing(9, 3, 0.5)]
+    decided = truncation(mixed, "max", 0.2, random.Random(0))
+    assert set(decided) == {9}  # the member scoring 0.98 in the bottom group keeps its weights

@@ -133,13 +133,15 @@ def truncation(
 
     Truncation selection: rank the population's latest scores; every member in the bottom
     ``quantile`` (or bottom ``top`` members) copies one drawn uniformly from the top group.
-    Members not in the map keep training their own weights.
+    Members not in the map keep training their own weights, and so does a bottom member
+    whose drawn donor scores no better than itself (a tie is no reason to throw weights away).
     """
     ranked = rank(standings, mode, rng)
     k = cut_size(len(ranked), quantile, top)
     best = ranked[:k]
     bottom = sorted(ranked[-k:], key=lambda s: s.member)
-    return {s.member: rng.choice(best) for s in bottom}
+    drawn = {s.member: (s, rng.choice(best)) for s in bottom}
+    return {m: donor for m, (own, donor) in drawn.items() if better(donor.score, own.score, mode)}
 
 
 def _deciders(standings: Sequence[Standing], members: Iterable[int] | None) -> list[Standing]:
