@@ -161,16 +161,23 @@ class _Head:
         return strategy.Standing(self.member, self.interval, self.score)
 
 
+def _latest_done(exp_id: int):
+    """Each member's latest done interval, as a subquery."""
+    t = s.tasks
+    return (select(t.c.member, func.max(t.c.interval).label("interval"))
+            .where(t.c.experiment_id == exp_id, t.c.state == DONE)
+            .group_by(t.c.member).subquery())
+
+
 def _heads(conn: Connection, exp_id: int, interval: int | None = None) -> dict[int, _Head]:
     """Each member's latest done task (or, given ``interval``, its task at that interval)."""
     t = s.tasks
+    query = select(t.c.member, t.c.interval, t.c.score, t.c.hparams, t.c.result_checkpoint_id)
     if interval is None:
-        latest = (select(t.c.member, func.max(t.c.interval).label("interval"))
-                  .where(t.c.experiment_id == exp_id, t.c.state == DONE)
-                  .group_by(t.c.member).subquery())
-        query = select(t).join(latest, and_(t.c.member == latest.c.member, t.c.interval == latest.c.interval))
+        latest = _latest_done(exp_id)
+        query = query.join(latest, and_(t.c.member == latest.c.member, t.c.interval == latest.c.interval))
     else:
-        query = select(t).where(t.c.interval == interval)
+        query = query.where(t.c.interval == interval)
     rows = conn.execute(query.where(t.c.experiment_id == exp_id, t.c.state == DONE)
                         .order_by(t.c.member)).all()
     return {r.member: _Head(r.member, r.interval, r.score, dict(r.hparams), r.result_checkpoint_id)
@@ -245,7 +252,10 @@ def collect_garbage(conn: Connection, exp_id: int) -> list[str]:
     t, c = s.tasks, s.checkpoints
     starts = select(t.c.start_checkpoint_id).where(
         t.c.experiment_id == exp_id, t.c.state.in_(ACTIVE), t.c.start_checkpoint_id.is_not(None))
-    heads = [h.checkpoint_id for h in _heads(conn, exp_id).values()]
+    latest = _latest_done(exp_id)
+    heads = select(t.c.result_checkpoint_id).join(
+        latest, and_(t.c.member == latest.c.member, t.c.interval == latest.c.interval)).where(
+        t.c.experiment_id == exp_id, t.c.state == DONE)
     dead = conn.execute(
         update(c).where(c.c.experiment_id == exp_id, c.c.state.in_(("live", "corrupt")),
                         c.c.id.not_in(starts), c.c.id.not_in(heads))
