@@ -8,6 +8,7 @@ population could ever complete, whatever the model. Run: .venv/bin/python bench/
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import random
 import sys
 import tempfile
@@ -68,6 +69,21 @@ def drain(url: str, exp_id: int, report: bool, name: str, barrier, results) -> N
     store.close()
 
 
+def collect(procs: list, results) -> list[int]:
+    """Each worker's count, failing fast (not hanging) when a worker dies without one."""
+    counts: list[int] = []
+    while len(counts) < len(procs):
+        try:
+            counts.append(results.get(timeout=0.5))
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"a worker process failed (exit codes {dead}); see its traceback above")
+    return counts
+
+
 def measure(url: str, load: Load, name: str) -> float:
     """Tasks per second of wall time, from the moment all workers are ready to the last one's end."""
     exp_id = create(url, name, load)
@@ -77,9 +93,9 @@ def measure(url: str, load: Load, name: str) -> float:
              for i in range(load.workers)]
     for p in procs:
         p.start()
-    barrier.wait()
+    barrier.wait(timeout=120)
     start = time.perf_counter()
-    done = sum(results.get(timeout=600) for _ in procs)
+    done = sum(collect(procs, results))
     wall = time.perf_counter() - start
     for p in procs:
         p.join()
