@@ -21,5 +21,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
+chaos: $(STAMP)
+	$(BIN)/python chaos/campaign.py
+
 clean:
 	rm -rf $(VENV) popbt-runs src/*.egg-info

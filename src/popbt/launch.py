@@ -52,14 +52,33 @@ def place(dir: str | os.PathLike | None = None, storage: str | None = None, crea
     url = storage or os.environ.get("POPBT_STORAGE")
     if url is not None:
         check_sqlite_path(url)  # before anything is written
-    if create or url is None:
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create run directory {root}: {e.strerror}") from None
+    if url is None:  # the database goes in it
+        _make_dir(root)
+    elif create:  # checkpoints and logs will: make sure it can be, but leave nothing behind yet
+        _make_dir(root, probe=True)
+    return Place(root, url or f"sqlite:///{root / 'popbt.db'}")
+
+
+def _make_dir(root: Path, probe: bool = False) -> None:
+    """Create the run directory, or say in one line why it cannot be. ``probe``: remove again
+    what was created, so that a command refused later (e.g. by the database) wrote nothing."""
+    made, p = [], root
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
         if not os.access(root, os.W_OK):
             raise ConfigError(f"run directory {root} is not writable")
-    return Place(root, url or f"sqlite:///{root / 'popbt.db'}")
+    except OSError as e:
+        raise ConfigError(f"cannot create run directory {root}: {e.strerror}") from None
+    finally:
+        if probe:
+            for path in made:  # deepest first
+                try:
+                    path.rmdir()
+                except OSError:
+                    break
 
 
 def check_sqlite_path(url: str) -> None:
@@ -170,6 +189,8 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
                       f"{'sync' if exp.config.sync else 'async'}, seed {exp.config.seed}) "
                       f"in {mask_url(where.storage)}", highlight=False)
         if exp.status == "finished":
+            if not exp.checkpoints_in_db:
+                sweep(store, exp, older_than=0.0)
             return summarize(store, exp, where.storage)
         if not exp.checkpoints_in_db:
             sweep(store, exp)
@@ -193,6 +214,8 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
             raise
         codes = [p.wait() for p in procs]
         summary = summarize(store, exp, where.storage)
+        if summary.finished and not exp.checkpoints_in_db:
+            sweep(store, exp, older_than=0.0)  # what crashed workers left: nothing can commit it now
         if not summary.finished:
             logs = where.dir / "logs" / exp.name
             raise RuntimeError(f"all workers exited (codes {codes}) before experiment {exp.name!r} "
@@ -208,7 +231,7 @@ def default_workers(devices: Sequence[str]) -> int:
     return len(devices)
 
 
-def sweep(store: SQLStore, exp: Experiment) -> None:
+def sweep(store: SQLStore, exp: Experiment, older_than: float | None = None) -> None:
     """Remove checkpoint files that workers killed before reporting left behind.
 
     The running tasks are read before the live checkpoints, and their files are kept: a worker
@@ -218,8 +241,9 @@ def sweep(store: SQLStore, exp: Experiment) -> None:
     """
     busy = [(r.member, r.interval) for r in store.history(exp.id) if r.state == RUNNING]
     keep = [c.path for c in store.live_checkpoints(exp.id)]
-    removed = checkpoints.CheckpointDir(exp.checkpoint_dir).sweep(
-        keep, older_than=2 * exp.config.lease_seconds, busy=busy)
+    if older_than is None:
+        older_than = 2 * exp.config.lease_seconds
+    removed = checkpoints.CheckpointDir(exp.checkpoint_dir).sweep(keep, older_than=older_than, busy=busy)
     if removed:
         log.info("removed %d orphaned checkpoint files", len(removed))
 

@@ -1,0 +1,254 @@
+"""Bad input beyond tests/test_cli.py: one clear line on stderr, exit status 2, nothing written.
+And security: names cannot steer paths, checkpoints load with weights_only, passwords stay out
+of output, process lists and the history."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text, update
+from sqlalchemy.engine import make_url
+
+import popbt
+from popbt.experiment import ConfigError
+from popbt.store import open_store
+from popbt.store import schema
+
+from conftest import QUAD, SPECS, popbt_cmd, run_popbt
+from test_run import results, wait_for
+
+FAULTY = str(SPECS / "faulty.py")
+
+SPECS_TEXT = {
+    "nospace.py": '''
+def build(hparams, device): return 0
+def train(state, hparams, interval, device): pass
+def evaluate(state, device): return 0.0
+def save(state, path): open(path, "w").write("0")
+def load(state, path): return state
+''',
+    "empty_choice.py": '''
+from popbt import Choice
+space = {"optimizer": Choice([])}
+''',
+    "log_zero.py": '''
+from popbt import LogUniform
+space = {"lr": LogUniform(0.0, 1.0)}
+''',
+    "log_negative.py": '''
+from popbt import LogUniform
+space = {"lr": LogUniform(-1e-3, 1.0)}
+''',
+}
+
+
+@pytest.fixture
+def world(tmp_path):
+    """Spec files, a database of another schema version, a regular file; and what exists."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for name, body in SPECS_TEXT.items():
+        (specs / name).write_text(body)
+    store = open_store(f"sqlite:///{tmp_path / 'v99.db'}")
+    with store.engine.begin() as conn:
+        conn.execute(update(schema.meta).where(schema.meta.c.key == "schema_version").values(value="99"))
+    store.close()
+    (tmp_path / "afile").write_text("not a directory\n")
+    return tmp_path
+
+
+def fingerprint(root: Path) -> dict:
+    """Every path under ``root`` and the content of every sqlite database there."""
+    seen = {}
+    for path in sorted(root.rglob("*")):
+        if path.name.endswith(("-wal", "-shm", "-journal")):
+            continue
+        if path.suffix == ".db":
+            with sqlite3.connect(path) as conn:
+                seen[str(path)] = list(conn.iterdump())
+        else:
+            seen[str(path)] = path.is_dir()
+    return seen
+
+
+def created(dir):
+    out = run_popbt("run", QUAD, "--workers", "0", "--dir", dir)
+    assert out.returncode == 0, out.stderr
+
+
+CASES = {
+    "spec without a space": (["run", "{specs}/nospace.py"], "lacks space"),
+    "empty Choice declared in a spec": (["run", "{specs}/empty_choice.py"], "Choice needs at least one option"),
+    "LogUniform with low 0 declared in a spec": (["run", "{specs}/log_zero.py"], "low must be above 0"),
+    "LogUniform with a negative low": (["run", "{specs}/log_negative.py"], "low must be above 0"),
+    "sqlite file in a missing directory (run)": (
+        ["run", QUAD, "--storage", "sqlite:///{tmp}/no/such/dir/popbt.db"], "directory {tmp}/no/such/dir does not exist"),
+    "sqlite file in a missing directory (list)": (
+        ["list", "--storage", "sqlite:///{tmp}/no/such/dir/popbt.db"], "does not exist"),
+    "sqlite file in a missing directory (worker)": (
+        ["worker", QUAD, "--storage", "sqlite:///{tmp}/no/such/dir/popbt.db"], "does not exist"),
+    "sqlite file under a regular file": (
+        ["status", "--storage", "sqlite:///{tmp}/afile/popbt.db"], "{tmp}/afile is not a directory"),
+    "sqlite path that is a directory": (["list", "--storage", "sqlite:///{specs}"], "is not a database file"),
+    "database of another schema version (list)": (
+        ["list", "--storage", "sqlite:///{tmp}/v99.db"], "has popbt schema version 99; this popbt uses version 1"),
+    "database of another schema version (run)": (
+        ["run", QUAD, "--storage", "sqlite:///{tmp}/v99.db"], "has popbt schema version 99"),
+    "--dir under a regular file (meaningful as root)": (
+        ["run", QUAD, "--dir", "{tmp}/afile/runs"], "cannot create run directory {tmp}/afile/runs"),
+    "--dir that is a regular file": (["run", QUAD, "--dir", "{tmp}/afile"], "cannot create run directory"),
+    "--dir under /proc, read-only even for root": (["run", QUAD, "--dir", "/proc/popbt-runs"],
+                                                   "cannot create run directory /proc/popbt-runs"),
+    "--population conflicting on resume": (
+        ["run", QUAD, "--population", "6", "--dir", "{tmp}/resume"], "cannot resume it with population=6"),
+    "name with a slash": (["run", QUAD, "--name", "a/b"], "experiment name 'a/b' is invalid"),
+    "name '..'": (["run", QUAD, "--name", ".."], "experiment name '..' is invalid"),
+    "name with a leading dot": (["run", QUAD, "--name", ".hidden"], "is invalid"),
+    "absolute path as a name": (["run", QUAD, "--name", "/tmp/x"], "is invalid"),
+    "name climbing out through a subdirectory": (["run", QUAD, "--name", "x/../../y"], "is invalid"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_exit_status_2_and_nothing_written(case, world):
+    args, expected = CASES[case]
+    if "--population" in args:
+        created(str(world / "resume"))
+    fill = {"tmp": str(world), "specs": str(world / "specs")}
+    args = [a.format(**fill) for a in args]
+    if args[0] in ("run", "status") and "--dir" not in args:
+        args += ["--dir", str(world / "runs")]
+    before = fingerprint(world)
+    out = run_popbt(*args)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("popbt: error: "), out.stderr
+    assert expected.format(**fill) in lines[0]
+    assert "Traceback" not in out.stderr
+    assert fingerprint(world) == before  # nothing written: no directory, no file, no row
+    assert not Path("/proc/popbt-runs").exists()
+
+
+def test_names_cannot_steer_a_path_outside_the_run_directory(tmp_path):
+    for name in ("../evil", "a/b", "..", ".", ".hidden", "/etc", "x\\..\\y", "-rf", "a" * 65):
+        with pytest.raises(ConfigError, match="is invalid"):
+            popbt.run(QUAD, name=name, workers=0, dir=tmp_path / "runs")
+    # a spec's file name becomes a safe experiment name, whatever it is
+    sneaky = tmp_path / "..py"
+    sneaky.write_text(Path(QUAD).read_text())
+    out = run_popbt("run", str(sneaky), "--workers", "0", "--dir", str(tmp_path / "runs"))
+    assert out.returncode == 0, out.stderr
+    store = open_store(f"sqlite:///{tmp_path / 'runs' / 'popbt.db'}")
+    [exp] = store.experiments()
+    store.close()
+    runs = (tmp_path / "runs").resolve()
+    assert exp.name == "experiment"
+    assert Path(exp.checkpoint_dir).resolve().is_relative_to(runs / "checkpoints")
+
+
+EVIL_SPEC = '''
+import os
+import torch
+from popbt import LogUniform
+from popbt.torch import State, model_and_optimizer
+
+MARKER = {marker!r}
+space = {{"lr": LogUniform(1e-3, 1e-1)}}
+population, intervals = 2, 2
+build, _save, load, apply = model_and_optimizer(
+    lambda hp: torch.nn.Linear(2, 1), lambda params, hp: torch.optim.SGD(params, lr=hp["lr"]))
+
+
+class Payload:
+    """Unpickling this runs a command: what a tampered checkpoint would carry."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {{MARKER}}",))
+
+
+def save(state, path):
+    torch.save({{"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                "payload": Payload()}}, path)
+
+
+def train(state, hparams, interval, device):
+    pass
+
+
+def evaluate(state, device):
+    return 1.0
+'''
+
+
+def test_checkpoints_load_with_weights_only_so_a_pickle_cannot_run_code(tmp_path):
+    torch = pytest.importorskip("torch")
+    marker = tmp_path / "code-ran"
+    spec = tmp_path / "evil.py"
+    spec.write_text(EVIL_SPEC.format(marker=str(marker)))
+    from popbt.experiment import load_spec
+
+    loaded = load_spec(str(spec))
+    state = loaded.build({"lr": 0.01}, "cpu")
+    path = tmp_path / "evil.ckpt"
+    loaded.save(state, str(path))
+    with pytest.raises(torch.serialization.pickle.UnpicklingError, match="Weights only load failed"):
+        loaded.load(state, str(path))  # popbt.torch's load
+    assert not marker.exists()
+    # and through a worker: every load is a recorded failure, never the payload's command
+    out = run_popbt("run", str(spec), "--workers", "1", "--dir", str(tmp_path / "runs"))
+    assert out.returncode == 0, out.stderr
+    assert not marker.exists()
+    exp, rows, events = results(f"sqlite:///{tmp_path / 'runs' / 'popbt.db'}", "evil")
+    failures = [e for e in events if e.kind == "failure"]
+    assert failures and all("UnpicklingError: Weights only load failed" in e.message for e in failures)
+    assert exp.status == "finished"
+    assert sorted((r.member, r.interval, r.state) for r in rows if r.interval == 1) == [(0, 1, "failed"), (1, 1, "failed")]
+
+
+PASSWORD = "Pa55-" + uuid.uuid4().hex[:10]
+
+
+def test_a_database_password_never_appears_in_output_process_lists_or_the_history(tmp_path, pg_url):
+    url = make_url(pg_url).set(password=PASSWORD).render_as_string(hide_password=False)
+    assert PASSWORD in url  # trust auth: the server accepts any password
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    # the URL by environment, as docs/cluster.md advises: then no command line may carry it
+    env = {**os.environ, "FAULTY_DIR": str(markers), "FAULTY_HANG": "1:1", "POPBT_STORAGE": url}
+    run = subprocess.Popen(popbt_cmd("run", FAULTY, "--workers", "2", "--dir", str(tmp_path / "runs")),
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (markers / "hang-1-1").exists(), what="the workers to be training")
+    leaks = []  # while `popbt run` and its workers are alive: a command line holding it, as ps shows it
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if PASSWORD.encode() in cmdline.read_bytes():
+                leaks.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    (markers / "release-1-1").touch()
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    assert not leaks
+    assert "postgres:***@" in out
+    outputs = [out, err]
+    for args in (["list"], ["status"], ["best", "--json"], ["export", "--format", "json"]):
+        shown = run_popbt(*args, "--storage", url)
+        assert shown.returncode == 0, shown.stderr
+        outputs += [shown.stdout, shown.stderr]
+    assert not [o for o in outputs if PASSWORD in o]
+    files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert files and not [p for p in files if PASSWORD.encode() in p.read_bytes()]  # logs, checkpoints
+    store = open_store(url)
+    try:
+        with store.engine.connect() as conn:
+            for table in schema.metadata.sorted_tables:
+                rows = conn.execute(text(f"SELECT t::text FROM {table.name} AS t")).scalars().all()
+                assert rows or table.name in ("popbt_exploits", "popbt_events")
+                assert not [r for r in rows if PASSWORD in r], table.name
+    finally:
+        store.close()
