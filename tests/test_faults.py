@@ -350,3 +350,11 @@ def test_a_checkpoint_whose_report_is_delayed_survives_popbt_run_s_sweep(tmp_pat
     assert exp.status == "finished"
     assert_complete(rows, 4, 4)
     assert_live_checkpoints_intact(sqlite_url)
+
+
+def test_a_string_score_is_refused_and_a_nan_metric_is_stored_as_null():
+    from popbt.worker import split_score, ScoreError
+
+    with pytest.raises(ScoreError):
+        split_score("0.5", "score")  # a string is not a score, even one that looks like a number
+    assert split_score({"score": 0.5, "loss": float("nan")}, "score") == (0.5, {"loss": None})

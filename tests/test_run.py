@@ -84,7 +84,7 @@ def claim_all(url, exp_id, queue, barrier):
 
 def test_claims_under_contention_from_several_processes_never_share_a_task(storage):
     store = open_store(storage)
-    cfg = ExperimentConfig(name="race", spec="x", space={"x": Uniform(0, 1)}, population=200, intervals=1, seed=0)
+    cfg = ExperimentConfig(name="race", spec="x", space={"x": Uniform(0, 1)}, population=1000, intervals=1, seed=0)
     exp = store.create_experiment(cfg, "/tmp")
     store.close()
     ctx = mp.get_context("spawn")
@@ -96,8 +96,9 @@ def test_claims_under_contention_from_several_processes_never_share_a_task(stora
     for p in procs:
         p.join()
     everything = [k for got in claimed for k in got]
-    assert len(everything) == len(set(everything)) == 200
-    assert sum(1 for got in claimed if got) >= 2  # the processes really did compete
+    assert len(everything) == len(set(everything)) == 1000
+    # the processes really did compete (sqlite's busy handler may starve some, not all but one)
+    assert sum(1 for got in claimed if got) >= 2
 
 
 def test_a_worker_killed_mid_interval_loses_only_that_interval(tmp_path, sqlite_url):

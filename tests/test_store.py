@@ -194,3 +194,27 @@ def test_pending_state_is_what_a_fresh_experiment_starts_with(store):
     exp = store.create_experiment(config(), "/tmp")
     assert {r.state for r in store.history(exp.id)} == {PENDING}
     assert store.progress(exp.id).total == 12
+
+
+def test_a_report_retried_after_its_commit_went_through_is_not_refused(store):
+    """The connection can drop after the server committed: the retry must not read as a lost lease."""
+    exp = store.create_experiment(config(), "/tmp")
+    task = store.claim(exp.id, "w", "cpu")
+    store.report(task, result(1.0, "/ckpt/a"))
+    again = store.report(task, result(1.0, "/ckpt/a"))  # what the store's retry does
+    assert again.garbage == []
+    assert [c.path for c in store.live_checkpoints(exp.id)].count("/ckpt/a") == 1
+    with pytest.raises(LeaseLost):
+        store.report(task, result(2.0, "/ckpt/b"))  # a different result is still refused
+
+
+def test_an_expired_lease_counts_as_an_attempt(store, storage):
+    """An interval that kills every worker training it must end in a replacement, not loop."""
+    exp = store.create_experiment(config(max_attempts=2), "/tmp")
+    first = store.claim(exp.id, "w1", "cpu")
+    expire_lease(storage, exp.id, first.member, first.interval)
+    second = store.claim(exp.id, "w2", "cpu")
+    assert (second.member, second.attempts) == (first.member, 1)
+    expire_lease(storage, exp.id, second.member, second.interval)
+    third = store.claim(exp.id, "w3", "cpu")
+    assert third.attempts == 2  # a worker seeing attempts >= max_attempts fails it at once

@@ -13,7 +13,7 @@ from popbt.cli import parser
 from popbt.experiment import ConfigError, ExperimentConfig, load_spec
 from popbt.launch import run
 from popbt.space import IntUniform, Uniform
-from popbt.store import FAILED, Result, open_store
+from popbt.store import PENDING, FAILED, Result, open_store
 from popbt.worker import Worker
 
 from conftest import QUAD
@@ -150,14 +150,17 @@ def test_an_invalid_hook_answer_is_a_recorded_failure_and_the_member_keeps_its_o
     drain(store, exp, explore=hook)  # the run still completes
 
 
-def test_a_member_that_cannot_be_replaced_because_of_its_hook_is_given_up(store):
+def test_a_replacement_whose_hook_fails_falls_back_to_the_default_explore(store):
     exp = store.create_experiment(config(intervals=3, max_attempts=1), "/tmp")
     first_interval(store, exp)
     task = store.claim(exp.id, "w", "cpu")
     store.fail(task, "boom", explore=lambda hp, rng: {"lr": -1.0})
     row = [r for r in store.history(exp.id) if (r.member, r.interval) == (task.member, task.interval)][0]
-    assert row.state == FAILED
-    assert [e.kind for e in store.events(exp.id)][-2:] == ["failure", "gave_up"]
+    assert row.state == PENDING  # replaced, not given up
+    kinds = [e.kind for e in store.events(exp.id)]
+    assert kinds[-3:] == ["failure", "failure", "replaced"]  # the task's, the hook's, then the copy
+    [x] = [x for x in exploits(store, exp) if x["reason"] == "replace"]
+    assert set(x["changes"].values()) <= {"x0.8", "x1.2", "resample"}
     drain(store, exp)
 
 

@@ -193,7 +193,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     console.print(report.status_table(st))
     for ev in st.events:
         console.print(f"  {ev.kind}: member {ev.member} interval {ev.interval}: {ev.message}", highlight=False,
-                      markup=False)
+                      markup=False, soft_wrap=True)  # one event, one line, even in a log
     return 0
 
 

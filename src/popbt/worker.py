@@ -24,7 +24,7 @@ from typing import Any
 from . import checkpoints
 from .experiment import ConfigError, Spec
 from .space import space_to_json
-from .store import IN_DATABASE, Checkpoint, Experiment, LeaseLost, Result, Store, StoreError, Task
+from .store import IN_DATABASE, Checkpoint, Experiment, LeaseLost, Rejected, Result, Store, StoreError, Task
 
 log = logging.getLogger("popbt.worker")
 
@@ -95,6 +95,8 @@ def split_score(evaluated: Any, metric: str) -> tuple[float, dict[str, Any]]:
         metrics = {k: _plain(v) for k, v in evaluated.items() if k != metric}
         evaluated = evaluated[metric]
     try:
+        if isinstance(evaluated, (str, bytes)):
+            raise TypeError
         score = float(evaluated)
     except (TypeError, ValueError):
         raise ScoreError(f"evaluate() returned {evaluated!r}, not a number") from None
@@ -104,13 +106,17 @@ def split_score(evaluated: Any, metric: str) -> tuple[float, dict[str, Any]]:
 
 
 def _plain(value: Any) -> Any:
-    """Metrics go to JSON: turn numpy/torch scalars into floats, leave the rest as text."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    """Metrics go to JSON: numpy/torch scalars become floats, NaN and infinities None (JSON
+    has no word for them), anything else its text."""
+    if isinstance(value, (str, bool)) or value is None:
         return value
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return str(value)
+    if not math.isfinite(number):
+        return None
+    return value if isinstance(value, int) else number
 
 
 class Heartbeat:
@@ -185,6 +191,9 @@ class Worker:
     def train_one(self, task: Task) -> None:
         """One interval of one member, from claim to report; failures go to the store."""
         cfg = self.config
+        if task.attempts >= cfg.max_attempts:  # workers kept dying on it (leases expired)
+            self._fail(task, f"no worker finished it in {task.attempts} attempts (each one's lease expired)")
+            return
         with Heartbeat(self.store, task, cfg.lease_seconds / 3) as beat:
             try:
                 score, metrics, written = self._train(task)
@@ -192,7 +201,7 @@ class Worker:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
                 self.store.release(task)
                 raise
-            except Exception as e:
+            except BaseException as e:  # SystemExit from user code is a failure too, not our exit
                 self._fail(task, f"{type(e).__name__}: {_one_line(e)}")
                 return
         if beat.lost:
@@ -202,6 +211,10 @@ class Worker:
             outcome = self.store.report(task, self._result(score, metrics, written), explore=self.spec.explore)
         except LeaseLost:
             self._lost(task, written.path)
+            return
+        except Rejected as e:
+            checkpoints.delete([written.path])
+            self._fail(task, str(e))
             return
         finally:
             if self.experiment.checkpoints_in_db:

@@ -14,6 +14,7 @@ from .base import (
     NotFound,
     Outcome,
     Progress,
+    Rejected,
     Result,
     Row,
     Store,
@@ -30,6 +31,6 @@ def open_store(url: str) -> SQLStore:
 
 __all__ = [
     "DONE", "FAILED", "IN_DATABASE", "PENDING", "RUNNING", "SCHEMA_VERSION", "Checkpoint", "Event", "Experiment",
-    "LeaseLost", "NotFound", "Outcome", "Progress", "Result", "Row", "Store", "StoreError", "Task",
+    "LeaseLost", "NotFound", "Outcome", "Progress", "Rejected", "Result", "Row", "Store", "StoreError", "Task",
     "SQLStore", "mask_url", "open_store",
 ]

@@ -28,6 +28,10 @@ class NotFound(LookupError):
     """No experiment of that name."""
 
 
+class Rejected(RuntimeError):
+    """The database refused what a worker reported (a value it cannot store)."""
+
+
 class LeaseLost(RuntimeError):
     """The worker's lease was taken over; its result must be discarded."""
 

@@ -106,7 +106,7 @@ def replace(conn: Connection, cfg: ExperimentConfig, task: Task, replacements: i
     if replacements >= cfg.max_attempts:
         return _give_up(conn, cfg, task, f"failed {replacements + 1} times over", now, hook)
     conn.execute(update(t).where(t.c.id == task.id).values(replacements=replacements + 1))
-    others = {m: h for m, h in _heads(conn, task.experiment_id).items() if m != task.member}
+    others = {m: h for m, h in _heads(conn, task.experiment_id).items() if m != task.member and h.usable}
     if not others:
         fresh = sample_space(cfg.space, strategy.decision_rng(cfg.seed, "fresh", task.member,
                                                                task.interval, replacements))
@@ -120,9 +120,9 @@ def replace(conn: Connection, cfg: ExperimentConfig, task: Task, replacements: i
     size = cfg.top if cfg.top is not None else int(len(ranked) * cfg.quantile)
     donor = others[rng.choice(ranked[:max(1, size)]).member]
     loser = _Head(task.member, task.interval - 1, None, hparams, None)
-    if not _exploit(conn, cfg, task.experiment_id, loser, donor, task.interval, "replace", now,
-                         task.id, hook):
-        return _give_up(conn, cfg, task, "cannot be replaced (its explore hook failed)", now, hook)
+    if not _exploit(conn, cfg, task.experiment_id, loser, donor, task.interval, "replace", now, task.id, hook) \
+            and not _exploit(conn, cfg, task.experiment_id, loser, donor, task.interval, "replace", now, task.id):
+        return _give_up(conn, cfg, task, "cannot be replaced", now, hook)  # the hook failed: default explore failed too
     record_event(conn, task.experiment_id, task.member, task.interval, "replaced",
            f"member {task.member} copies member {donor.member} after repeated failures", None, now)
     return donor.member
@@ -149,12 +149,13 @@ def maybe_finish(conn: Connection, exp_id: int) -> bool:
 class _Head:
     """A member's latest result: its score, the hyperparameters it trained with, its checkpoint."""
 
-    __slots__ = ("member", "interval", "score", "hparams", "checkpoint_id")
+    __slots__ = ("member", "interval", "score", "hparams", "checkpoint_id", "usable")
 
     def __init__(self, member: int, interval: int, score: float | None, hparams: dict,
-                 checkpoint_id: int | None) -> None:
+                 checkpoint_id: int | None, usable: bool = True) -> None:
         self.member, self.interval, self.score = member, interval, score
         self.hparams, self.checkpoint_id = hparams, checkpoint_id
+        self.usable = usable  # False once its checkpoint was found corrupt: never a donor
 
     @property
     def standing(self) -> strategy.Standing:
@@ -171,8 +172,9 @@ def _latest_done(exp_id: int):
 
 def _heads(conn: Connection, exp_id: int, interval: int | None = None) -> dict[int, _Head]:
     """Each member's latest done task (or, given ``interval``, its task at that interval)."""
-    t = s.tasks
-    query = select(t.c.member, t.c.interval, t.c.score, t.c.hparams, t.c.result_checkpoint_id)
+    t, c = s.tasks, s.checkpoints
+    query = (select(t.c.member, t.c.interval, t.c.score, t.c.hparams, t.c.result_checkpoint_id, c.c.state)
+             .outerjoin(c, c.c.id == t.c.result_checkpoint_id))
     if interval is None:
         latest = _latest_done(exp_id)
         query = query.join(latest, and_(t.c.member == latest.c.member, t.c.interval == latest.c.interval))
@@ -180,8 +182,8 @@ def _heads(conn: Connection, exp_id: int, interval: int | None = None) -> dict[i
         query = query.where(t.c.interval == interval)
     rows = conn.execute(query.where(t.c.experiment_id == exp_id, t.c.state == DONE)
                         .order_by(t.c.member)).all()
-    return {r.member: _Head(r.member, r.interval, r.score, dict(r.hparams), r.result_checkpoint_id)
-            for r in rows}
+    return {r.member: _Head(r.member, r.interval, r.score, dict(r.hparams), r.result_checkpoint_id,
+                            r.state != "corrupt") for r in rows}
 
 
 def _may_exploit(cfg: ExperimentConfig, next_interval: int, members: int) -> bool:
@@ -192,16 +194,18 @@ def _may_exploit(cfg: ExperimentConfig, next_interval: int, members: int) -> boo
 
 def _select(conn: Connection, cfg: ExperimentConfig, exp_id: int, heads: dict[int, _Head],
             members: list[int], rng: random.Random) -> dict[int, strategy.Standing]:
-    """Who among ``members`` copies whom, by the experiment's exploit rule."""
+    """Who among ``members`` copies whom, by the experiment's exploit rule. A donor whose
+    checkpoint was found corrupt is never copied: its member keeps training its own weights."""
     standings = [h.standing for h in heads.values()]
     if cfg.exploit == "tournament":
-        return strategy.tournament(standings, cfg.mode, rng, members)
-    if cfg.exploit == "ttest":
+        decided = strategy.tournament(standings, cfg.mode, rng, members)
+    elif cfg.exploit == "ttest":
         recent = strategy.histories(_trained(conn, exp_id), {m: h.checkpoint_id for m, h in heads.items()},
                                     cfg.ttest_window)
-        return strategy.ttest(standings, recent, cfg.mode, rng, cfg.ttest_window, cfg.ttest_alpha, members)
-    decided = strategy.truncation(standings, cfg.mode, cfg.quantile, rng, cfg.top)
-    return {m: d for m, d in decided.items() if m in members}
+        decided = strategy.ttest(standings, recent, cfg.mode, rng, cfg.ttest_window, cfg.ttest_alpha, members)
+    else:
+        decided = strategy.truncation(standings, cfg.mode, cfg.quantile, rng, cfg.top)
+    return {m: d for m, d in decided.items() if m in members and heads[d.member].usable}
 
 
 def _explored(conn: Connection, cfg: ExperimentConfig, exp_id: int, member: int, hparams: dict,

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from sqlalchemy import and_, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError, SQLAlchemyError
 
 from .. import strategy
 from ..experiment import ConfigError, ExperimentConfig
@@ -33,6 +33,7 @@ from .base import (
     NotFound,
     Outcome,
     Progress,
+    Rejected,
     Result,
     Row,
     Store,
@@ -103,7 +104,11 @@ class SQLStore(Store):
         self.dialect = self.engine.dialect.name
         self.patience = patience
         self._configs: dict[int, ExperimentConfig] = {}
+        # A database that cannot be opened at all is most often a wrong URL: say so within
+        # seconds; the full patience is for connections lost while a run is going on.
+        self.patience = min(5.0, patience)
         self._run(self._ensure_schema)
+        self.patience = patience
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -120,6 +125,8 @@ class SQLStore(Store):
             try:
                 with self.engine.begin() as conn:
                     return fn(conn)
+            except DataError as e:
+                raise Rejected(f"the database refused the data: {_first_line(e)}") from None
             except OperationalError as e:
                 if time.monotonic() + delay > deadline:
                     raise StoreError(f"storage {mask_url(self.url)}: {_first_line(e)}") from None
@@ -215,6 +222,9 @@ class SQLStore(Store):
                 update(t).where(t.c.id == cand.id, claimable).values(
                     state=RUNNING, lease_token=token, lease_expires=now + cfg.lease_seconds,
                     worker=worker, device=device, started_at=now,
+                    # a lease that expired is an attempt that died: count it, so an interval
+                    # that kills every worker is replaced, not retried forever
+                    attempts=t.c.attempts + (1 if cand.state == RUNNING else 0),
                 ).returning(t.c.member, t.c.interval, t.c.hparams, t.c.start_checkpoint_id, t.c.attempts)
             ).first()
             if claimed is None:
@@ -264,12 +274,17 @@ class SQLStore(Store):
                 result_checkpoint_id=ckpt_id, finished_at=now, error=None,
             ))
             if done.rowcount != 1:
+                if _already_reported(conn, task, result):
+                    raise _AlreadyReported  # rolls this retry back; the first attempt stands
                 raise LeaseLost(f"member {task.member} interval {task.interval}: lease was taken over")
             donor = schedule(conn, cfg, task.experiment_id, task.member, task.interval, now, explore)
             return Outcome(maybe_finish(conn, task.experiment_id), donor,
                            collect_garbage(conn, task.experiment_id))
 
-        return self._run(tx)
+        try:
+            return self._run(tx)
+        except _AlreadyReported:
+            return Outcome(self.progress(task.experiment_id).finished)
 
     def fail(self, task: Task, message: str, explore: Hook | None = None) -> Outcome:
         cfg = self.config(task.experiment_id)
@@ -287,7 +302,7 @@ class SQLStore(Store):
             record_event(conn, task.experiment_id, task.member, task.interval, "failure",
                    f"attempt {row.attempts}/{cfg.max_attempts}: {message}", None, now)
             donor = None
-            if row.attempts >= cfg.max_attempts:
+            if row.attempts >= cfg.max_attempts or _starts_from_corrupt(conn, task):
                 donor = replace(conn, cfg, task, row.replacements, dict(row.hparams), now, explore)
             return Outcome(maybe_finish(conn, task.experiment_id), donor,
                            collect_garbage(conn, task.experiment_id))
@@ -376,6 +391,26 @@ def _serialize(conn: Connection, exp_id: int) -> None:
     reports each miss the other, e.g. both finishing a generation and neither starting the
     next). On sqlite, BEGIN IMMEDIATE already serialises writers and FOR UPDATE is omitted."""
     conn.execute(select(s.experiments.c.id).where(s.experiments.c.id == exp_id).with_for_update())
+
+
+class _AlreadyReported(Exception):
+    """A retried report whose first attempt committed before its connection dropped."""
+
+
+def _already_reported(conn: Connection, task: Task, result: Result) -> bool:
+    """Whether this very result (same lease, same checkpoint file) is already recorded."""
+    t, c = s.tasks, s.checkpoints
+    return conn.execute(select(t.c.id).join(c, c.c.id == t.c.result_checkpoint_id).where(
+        t.c.id == task.id, t.c.state == DONE, t.c.lease_token == task.token, c.c.path == result.path)
+    ).first() is not None
+
+
+def _starts_from_corrupt(conn: Connection, task: Task) -> bool:
+    """Retrying from a checkpoint known to be corrupt cannot succeed: replace at once."""
+    if task.start is None:
+        return False
+    state = conn.execute(select(s.checkpoints.c.state).where(s.checkpoints.c.id == task.start.id)).scalar()
+    return state == "corrupt"
 
 
 def _fence(task: Task) -> Iterable:
