@@ -707,7 +707,8 @@ class Run:
                                    capture_output=True, text=True, env={k: v for k, v in self.env.items()
                                                                         if k != "COLUMNS"}, timeout=120)
             e = events[-1]
-            if f"{e.kind}: member {e.member} interval {e.interval}: {e.message}" not in plain.stdout.splitlines() \
+            line = f"{e.kind}: member {e.member} interval {e.interval}: {e.message}"
+            if not any(line in shown_line for shown_line in plain.stdout.splitlines()) \
                     and len(f"  {e.kind}: member {e.member} interval {e.interval}: {e.message}") > 80:
                 OBSERVED.add("KF5")
         shown = status.stdout.splitlines()
