@@ -133,15 +133,15 @@ def truncation(
 
     Truncation selection: rank the population's latest scores; every member in the bottom
     ``quantile`` (or bottom ``top`` members) copies one drawn uniformly from the top group.
-    Members not in the map keep training their own weights, and so does a bottom member
-    whose drawn donor scores no better than itself (a tie is no reason to throw weights away).
+    Members not in the map keep training their own weights. Tied scores are ranked by the
+    seeded shuffle, so a tied member may copy another: the paper's toy (two members whose
+    scores stay exactly equal) needs exactly that to make progress.
     """
     ranked = rank(standings, mode, rng)
     k = cut_size(len(ranked), quantile, top)
     best = ranked[:k]
     bottom = sorted(ranked[-k:], key=lambda s: s.member)
-    drawn = {s.member: (s, rng.choice(best)) for s in bottom}
-    return {m: donor for m, (own, donor) in drawn.items() if better(donor.score, own.score, mode)}
+    return {s.member: rng.choice(best) for s in bottom}
 
 
 def _deciders(standings: Sequence[Standing], members: Iterable[int] | None) -> list[Standing]:
