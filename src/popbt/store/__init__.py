@@ -10,6 +10,7 @@ from .base import (
     Checkpoint,
     Event,
     Experiment,
+    Exploit,
     LeaseLost,
     NotFound,
     Outcome,
@@ -30,7 +31,7 @@ def open_store(url: str) -> SQLStore:
 
 
 __all__ = [
-    "DONE", "FAILED", "IN_DATABASE", "PENDING", "RUNNING", "SCHEMA_VERSION", "Checkpoint", "Event", "Experiment",
+    "DONE", "FAILED", "IN_DATABASE", "PENDING", "RUNNING", "SCHEMA_VERSION", "Checkpoint", "Event", "Experiment", "Exploit",
     "LeaseLost", "NotFound", "Outcome", "Progress", "Rejected", "Result", "Row", "Store", "StoreError", "Task",
     "SQLStore", "mask_url", "open_store",
 ]

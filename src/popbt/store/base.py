@@ -121,6 +121,26 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Exploit:
+    """One recorded copy: ``member`` trains ``interval`` from ``donor``'s checkpoint of
+    ``donor_interval`` with explored hyperparameters. ``reason`` is ``exploit`` (a decision
+    of the exploit rule) or ``replace`` (a restart after repeated failures); ``changes`` names
+    the rule that produced each value (``x1.2``, ``resample``, ``pb2``, ``hook``, ...)."""
+
+    member: int
+    interval: int
+    donor: int
+    donor_interval: int
+    score: float | None
+    donor_score: float | None
+    hparams_before: dict[str, Any]
+    hparams_after: dict[str, Any]
+    changes: dict[str, str]
+    reason: str
+    created_at: float
+
+
+@dataclass(frozen=True)
 class Event:
     member: int
     interval: int

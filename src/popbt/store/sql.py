@@ -29,6 +29,7 @@ from .base import (
     Checkpoint,
     Event,
     Experiment,
+    Exploit,
     LeaseLost,
     NotFound,
     Outcome,
@@ -363,11 +364,13 @@ class SQLStore(Store):
             select(e).where(e.c.experiment_id == experiment_id).order_by(e.c.id.desc()).limit(limit)).all())
         return [Event(r.member, r.interval, r.kind, r.message, r.created_at) for r in reversed(rows)]
 
-    def exploits(self, experiment_id: int) -> list[dict[str, Any]]:
+    def exploits(self, experiment_id: int) -> list[Exploit]:
         x = s.exploits
         rows = self._run(lambda conn: conn.execute(
             select(x).where(x.c.experiment_id == experiment_id).order_by(x.c.id)).all())
-        return [dict(r._mapping) for r in rows]
+        return [Exploit(r.member, r.interval, r.donor, r.donor_interval, r.score, r.donor_score,
+                        dict(r.hparams_before), dict(r.hparams_after), dict(r.changes), r.reason,
+                        r.created_at) for r in rows]
 
     def checkpoint_data(self, checkpoint: Checkpoint) -> bytes:
         c = s.checkpoints
