@@ -1,6 +1,10 @@
 """Storage: the abstract contract and its one SQLAlchemy implementation."""
 
 from .base import (
+    ACTIVE,
+    WAITING,
+    CheckpointState,
+    ExperimentStatus,
     DONE,
     FAILED,
     IN_DATABASE,
@@ -31,6 +35,7 @@ def open_store(url: str) -> SQLStore:
 
 
 __all__ = [
+    "ACTIVE", "WAITING", "CheckpointState", "ExperimentStatus",
     "DONE", "FAILED", "IN_DATABASE", "PENDING", "RUNNING", "SCHEMA_VERSION", "Checkpoint", "Event", "Experiment", "Exploit",
     "LeaseLost", "NotFound", "Outcome", "Progress", "Rejected", "Result", "Row", "Store", "StoreError", "Task",
     "SQLStore", "mask_url", "open_store",

@@ -15,9 +15,26 @@ from ..experiment import ExperimentConfig
 
 SCHEMA_VERSION = 1
 
-# Task states. A task is "train member m for interval k".
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
-ACTIVE = (PENDING, RUNNING)  # not yet done: a worker may still train it
+# Task states. A task is "train member m for interval k". WAITING: its start (own weights or
+# a donor's, and the hyperparameters) is not decided yet, so nobody may claim it.
+WAITING, PENDING, RUNNING, DONE, FAILED = "waiting", "pending", "running", "done", "failed"
+ACTIVE = (WAITING, PENDING, RUNNING)  # not yet done: a worker will still train it
+
+
+class ExperimentStatus:
+    """``Experiment.status``."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class CheckpointState:
+    """A checkpoint row's state: ``live`` (may be loaded), ``deleted`` (its file is gone or
+    going), ``corrupt`` (its bytes no longer match the checksum: never loaded again)."""
+
+    LIVE = "live"
+    DELETED = "deleted"
+    CORRUPT = "corrupt"
 
 
 class StoreError(RuntimeError):
