@@ -38,7 +38,7 @@ def test_schedule_steps_follow_the_ancestry_and_mark_the_copies(history):
     data = plotdata.schedule_data(history.rows, history.config)
     assert (data.member, data.interval, data.score) == (1, 2, 0.95)
     assert [(s.member, s.interval) for s in data.steps] == BEST_ANCESTRY
-    after = [x["hparams_after"] for x in history.exploits]
+    after = [x.hparams_after for x in history.exploits]
     initial = next(r.hparams for r in history.rows if (r.member, r.interval) == (3, 0))
     assert [s.hparams for s in data.steps] == [initial, *after]
     assert [(c.member, c.interval) for c in data.copies] == [(0, 1), (1, 2)]
@@ -60,7 +60,7 @@ def test_hyperparameter_plane_uses_the_space_and_stars_the_best_final_configurat
     data = plotdata.hparams_data(history.rows, history.config)
     assert (data.x_name, data.y_name, data.x_log, data.y_log) == ("lr", "momentum", True, False)
     assert len(data.points) == 12
-    final = history.exploits[-1]["hparams_after"]
+    final = history.exploits[-1].hparams_after
     assert (data.best.member, data.best.interval) == (1, 2)
     assert (data.best.x, data.best.y) == (final["lr"], final["momentum"])
     assert [(c.member, c.interval) for c in data.best_path] == BEST_ANCESTRY

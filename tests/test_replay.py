@@ -98,7 +98,7 @@ def test_replay_refuses_a_spec_with_another_space(tmp_path, sqlite_url):
 def test_replay_of_a_toy_run_reproduces_the_original_scores(tmp_path):
     url = toy_run(tmp_path, QUAD, "toy", seed=7)
     rows, exploits = history_of(url, "toy")
-    copied = {x["member"] for x in exploits}
+    copied = {x.member for x in exploits}
     own = next(m for m in range(4) if m not in copied)  # a member whose schedule has no exploit
     done = popbt.replay(QUAD, "toy", member=own, dir=tmp_path)
     assert len(done.steps) == 6 and {s.member for s in done.steps} == {own}

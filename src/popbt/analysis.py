@@ -85,7 +85,7 @@ def best(rows: Sequence[Row], config: ExperimentConfig) -> Best | None:
 
 
 def population(rows: Sequence[Row]) -> list[Row]:
-    """Each member's most recent row (done, running, pending or failed): the population now."""
+    """Each member's most recent row (done, running, pending, waiting or failed): the population now."""
     latest: dict[int, Row] = {}
     for row in rows:
         if row.member not in latest or row.interval >= latest[row.member].interval:

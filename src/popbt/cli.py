@@ -20,8 +20,9 @@ from rich.table import Table
 from . import launch, live, report
 from .checkpoints import CorruptCheckpoint
 from .experiment import ConfigError, SpecError
+from .history import open_experiment
 from .space import SpaceError
-from .store import NotFound, StoreError, open_store
+from .store import NotFound, StoreError
 from .strategy import EXPLOITS, EXPLORES, StrategyError
 
 if TYPE_CHECKING:
@@ -210,12 +211,8 @@ def cmd_best(args: argparse.Namespace, console: Console) -> int:
 
 def watch(args: argparse.Namespace, console: Console) -> None:
     """The live view of ``popbt run``, for an experiment trained by workers started elsewhere."""
-    store = open_store(launch.place(args.dir, args.storage, create=False).storage)
-    try:
-        exp = store.experiment(args.experiment)
+    with open_experiment(args.experiment, args.storage, args.dir) as (store, exp):
         live.watch(store, exp, lambda: True, console)
-    finally:
-        store.close()
 
 
 def cmd_plot(args: argparse.Namespace, console: Console) -> int:

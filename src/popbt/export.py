@@ -19,18 +19,17 @@ import io
 import json
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .experiment import ConfigError
-from .plotdata import History, read_history
-from .store import Row
+from .history import History, read
+from .store import Exploit, Row
 
 FORMATS = ("csv", "json")
 LEADING = ("member", "interval", "state", "score")
 TRAILING = ("parent", "parent_interval", "worker", "device", "attempts", "started_at", "finished_at", "error")
-EXPLOIT_FIELDS = ("member", "interval", "donor", "donor_interval", "score", "donor_score", "hparams_before",
-                  "hparams_after", "changes", "reason", "created_at")
 
 
 def export(experiment: str = "latest", format: str = "csv", out: str | os.PathLike | None = None,
@@ -38,7 +37,7 @@ def export(experiment: str = "latest", format: str = "csv", out: str | os.PathLi
     """The experiment's history as CSV or JSON text; also written to ``out`` when given."""
     if format not in FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {format!r}")
-    history = read_history(experiment, storage, dir)
+    history = read(experiment, storage, dir)
     text = to_csv(history) if format == "csv" else to_json(history)
     if out is not None:
         write_atomically(Path(out), text)
@@ -96,9 +95,14 @@ def to_json(history: History) -> str:
         "status": history.experiment.status,
         "config": history.config.to_json(),
         "results": rows,
-        "exploits": [{k: x.get(k) for k in EXPLOIT_FIELDS} for x in history.exploits],
+        "exploits": [exploit_record(x) for x in history.exploits],
     }
     return json.dumps(_finite(data), indent=1) + "\n"
+
+
+def exploit_record(x: Exploit) -> dict[str, Any]:
+    """One exploit as JSON: every field of ``popbt.store.Exploit``, under its own name."""
+    return asdict(x)
 
 
 def _finite(value: Any) -> Any:

@@ -18,24 +18,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
-from sqlalchemy.engine import make_url
 
 from . import analysis, checkpoints, live
 from .experiment import ConfigError, Spec, check_name, check_resume, load_spec
-from .store import IN_DATABASE, RUNNING, Experiment, NotFound, SQLStore, StoreError, mask_url, open_store
+from .places import DEFAULT_DIR, Place, _make_dir, check_sqlite_path, place  # noqa: F401  (were defined here)
+from .store import IN_DATABASE, RUNNING, Experiment, NotFound, SQLStore, mask_url, open_store
 from .worker import Worker, WorkerStats
 
 log = logging.getLogger("popbt")
-
-DEFAULT_DIR = "popbt-runs"
-
-
-@dataclass(frozen=True)
-class Place:
-    """Where an experiment lives: the run directory and the storage URL."""
-
-    dir: Path
-    storage: str
 
 
 @dataclass(frozen=True)
@@ -44,65 +34,6 @@ class RunSummary:
     finished: bool
     best: analysis.Best | None
     storage: str
-
-
-def place(dir: str | os.PathLike | None = None, storage: str | None = None, create: bool = True) -> Place:
-    """Resolve ``--dir`` and ``--storage`` (flag, then env POPBT_STORAGE, then DIR/popbt.db)."""
-    root = Path(dir or os.environ.get("POPBT_DIR") or DEFAULT_DIR).absolute()
-    url = storage or os.environ.get("POPBT_STORAGE")
-    if url is not None:
-        check_sqlite_path(url)  # before anything is written
-    if url is None:  # the database goes in it
-        _make_dir(root)
-    elif create:  # checkpoints and logs will: make sure it can be, but leave nothing behind yet
-        _make_dir(root, probe=True)
-    return Place(root, url or f"sqlite:///{root / 'popbt.db'}")
-
-
-def _make_dir(root: Path, probe: bool = False) -> None:
-    """Create the run directory, or say in one line why it cannot be. ``probe``: remove again
-    what was created, so that a command refused later (e.g. by the database) wrote nothing."""
-    made, p = [], root
-    while not p.exists() and p != p.parent:
-        made.append(p)
-        p = p.parent
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        if not os.access(root, os.W_OK):
-            raise ConfigError(f"run directory {root} is not writable")
-    except OSError as e:
-        raise ConfigError(f"cannot create run directory {root}: {e.strerror}") from None
-    finally:
-        if probe:
-            for path in made:  # deepest first
-                try:
-                    path.rmdir()
-                except OSError:
-                    break
-
-
-def check_sqlite_path(url: str) -> None:
-    """A sqlite file that cannot be opened is bad input: say so at once, in one line (the store
-    would first retry it as if it were a server that went away)."""
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return  # the store says what is malformed
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
-            or database.startswith("file:"):
-        return
-    path = Path(database).absolute()
-    if path.exists():
-        if not path.is_file():
-            raise StoreError(f"storage {mask_url(url)}: {path} is not a database file")
-        return
-    if not path.parent.exists():
-        raise StoreError(f"storage {mask_url(url)}: directory {path.parent} does not exist")
-    if not path.parent.is_dir():
-        raise StoreError(f"storage {mask_url(url)}: {path.parent} is not a directory")
-    if not os.access(path.parent, os.W_OK):
-        raise StoreError(f"storage {mask_url(url)}: directory {path.parent} is not writable")
 
 
 def detect_devices() -> list[str]:

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .store import RUNNING, Experiment, Store
+from .store import RUNNING, Experiment, Exploit, Store
 from .store import Progress as Counts
 
 RECENT_EXPLOITS = 5
@@ -40,7 +40,7 @@ class Snapshot:
     """What the live view shows beyond the counts: who trains what, and recent exploits."""
 
     running: list[Busy]
-    exploits: list[dict[str, Any]]  # the latest few, oldest first
+    exploits: list[Exploit]  # the latest few, oldest first
 
 
 def snapshot(store: Store, exp: Experiment, recent: int = RECENT_EXPLOITS) -> Snapshot:
@@ -50,7 +50,7 @@ def snapshot(store: Store, exp: Experiment, recent: int = RECENT_EXPLOITS) -> Sn
     return Snapshot(busy, recent_exploits(store, exp, recent))
 
 
-def recent_exploits(store: Store, exp: Experiment, recent: int = RECENT_EXPLOITS) -> list[dict[str, Any]]:
+def recent_exploits(store: Store, exp: Experiment, recent: int = RECENT_EXPLOITS) -> list[Exploit]:
     """The last ``recent`` exploits; a store without an exploits table has none to show."""
     read = getattr(store, "exploits", None)
     return read(exp.id)[-recent:] if read is not None and recent > 0 else []
@@ -62,14 +62,13 @@ def describe(counts: Counts, metric: str) -> str:
     return f"best {metric} {counts.best_score:.4g} (member {counts.best_member})"
 
 
-def exploit_text(x: dict[str, Any]) -> str:
+def exploit_text(x: Exploit) -> str:
     """One exploit in words, e.g. 'member 3 copied member 6 (interval 5) at interval 6'."""
-    verb = "copied" if x.get("reason", "exploit") == "exploit" else "was replaced by"
-    return (f"member {x['member']} {verb} member {x['donor']} (interval {x['donor_interval']}) "
-            f"at interval {x['interval']}")
+    verb = "copied" if x.reason == "exploit" else "was replaced by"
+    return f"member {x.member} {verb} member {x.donor} (interval {x.donor_interval}) at interval {x.interval}"
 
 
-def plain_line(exp: Experiment, counts: Counts, last_exploit: dict[str, Any] | None = None) -> str:
+def plain_line(exp: Experiment, counts: Counts, last_exploit: Exploit | None = None) -> str:
     text = f"[{exp.name}] {counts.done}/{counts.total} intervals, {counts.running} running"
     if counts.failed:
         text += f", {counts.failed} failed"
@@ -96,9 +95,9 @@ def exploits_table(snap: Snapshot, metric: str) -> Table:
     for col in ("interval", "member", "copied", f"its {metric}", f"donor's {metric}", "explore"):
         table.add_column(col, justify="left" if col == "explore" else "right")
     for x in snap.exploits:
-        changes = ", ".join(f"{k} {rule}" for k, rule in (x.get("changes") or {}).items())
-        table.add_row(str(x["interval"]), str(x["member"]), f"{x['donor']}@{x['donor_interval']}",
-                      _fmt(x.get("score")), _fmt(x.get("donor_score")), changes)
+        changes = ", ".join(f"{k} {rule}" for k, rule in x.changes.items())
+        table.add_row(str(x.interval), str(x.member), f"{x.donor}@{x.donor_interval}",
+                      _fmt(x.score), _fmt(x.donor_score), changes)
     if not snap.exploits:
         table.caption = "no exploit yet"
     return table
@@ -172,5 +171,5 @@ def _watch_plain(store: Store, exp: Experiment, keep_going: Callable[[], bool], 
     return counts
 
 
-def _last(items: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _last(items: list[Exploit]) -> Exploit | None:
     return items[-1] if items else None

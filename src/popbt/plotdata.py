@@ -3,44 +3,20 @@
 Each figure has one function here that turns rows, exploits and the config into named
 tuples and dataclasses; ``plots.py`` only draws them. So what a figure claims (which chain
 is the winner's ancestry, who copied whom) is tested without rendering anything, and the
-core never imports matplotlib.
+core never imports matplotlib. The history itself is read by ``popbt.history``.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
 from . import analysis
 from .experiment import ConfigError, ExperimentConfig
-from .launch import place
+from .history import History
+from .history import read as read_history  # noqa: F401  (the name this module used to define)
 from .space import LogUniform
-from .store import DONE, Experiment, NotFound, Row, open_store
-
-
-@dataclass(frozen=True)
-class History:
-    """Everything recorded about one experiment: its rows and its exploits."""
-
-    experiment: Experiment
-    rows: list[Row]
-    exploits: list[dict[str, Any]]
-
-    @property
-    def config(self) -> ExperimentConfig:
-        return self.experiment.config
-
-
-def read_history(experiment: str = "latest", storage: str | None = None,
-                 dir: str | os.PathLike | None = None) -> History:
-    """Read one experiment's history in one go (read-only)."""
-    store = open_store(place(dir, storage, create=False).storage)
-    try:
-        exp = store.experiment(experiment)
-        return History(exp, store.history(exp.id), store.exploits(exp.id))
-    finally:
-        store.close()
+from .store import DONE, Exploit, NotFound, Row
 
 
 def done_rows(rows: Sequence[Row]) -> list[Row]:
@@ -211,14 +187,14 @@ class LineageData:
     best: list[Segment]  # the best model's ancestry, link by link
 
 
-def lineage_data(rows: Sequence[Row], exploits: Sequence[dict[str, Any]],
+def lineage_data(rows: Sequence[Row], exploits: Sequence[Exploit],
                  config: ExperimentConfig) -> LineageData:
     """The family tree: who trained on from whom, exploits included."""
     done = done_rows(rows)
     nodes = [Point(r.member, r.interval, r.score) for r in sorted(done, key=lambda r: (r.member, r.interval))]
     own = [Segment(r.parent, r.parent_interval, r.member, r.interval)
            for r in done if r.parent == r.member and r.parent_interval is not None]
-    edges = [Edge(x["donor"], x["donor_interval"], x["member"], x["interval"], x["reason"]) for x in exploits]
+    edges = [Edge(x.donor, x.donor_interval, x.member, x.interval, x.reason) for x in exploits]
     found = analysis.best(rows, config)
     chain = analysis.ancestry(rows, found.member, found.interval) if found else []
     best = [Segment(a.member, a.interval, b.member, b.interval) for a, b in zip(chain, chain[1:])]

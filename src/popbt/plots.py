@@ -17,9 +17,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .experiment import ConfigError
-from .launch import place
+from .history import read, read_many, run_dir
 from .plotdata import (CompareData, HparamsData, LineageData, ScheduleData, ScoresData, compare_data,
-                       hparams_data, lineage_data, read_history, require_results, schedule_data, scores_data)
+                       hparams_data, lineage_data, require_results, schedule_data, scores_data)
 
 PURPLE = "#7b2cbf"
 GREY = "0.62"
@@ -32,12 +32,12 @@ def plot(experiment: str = "latest", out: str | os.PathLike | None = None, stora
          dir: str | os.PathLike | None = None, compare: Sequence[str] | None = None) -> list[Path]:
     """Write the four figures of one experiment into ``out`` (default DIR/plots/NAME), or,
     given ``compare`` (two or more experiment names), only ``compare.png``. Returns the paths."""
-    root = place(dir, storage, create=False).dir
+    root = run_dir(storage, dir)
     if compare:
-        data = compare_data([read_history(name, storage, dir) for name in compare])
+        data = compare_data(read_many(compare, storage, dir))
         target = _target(out, root / "plots" / _compare_folder(compare))
         return [draw_compare(data, target / "compare.png")]
-    history = read_history(experiment, storage, dir)
+    history = read(experiment, storage, dir)
     require_results(history)
     target = _target(out, root / "plots" / history.experiment.name)
     rows, config = history.rows, history.config

@@ -16,8 +16,7 @@ from typing import Any, Callable
 
 from . import analysis
 from .experiment import ConfigError, Spec, load_spec
-from .launch import place
-from .plotdata import History, read_history
+from .history import History, read, run_dir
 from .space import space_to_json
 from .store import NotFound
 from .worker import Trial, seed_everything, seed_for, split_score
@@ -62,13 +61,13 @@ def replay(spec: str, experiment: str = "latest", member: int | None = None, dev
     """Replay the best member's schedule (or ``member``'s, up to its last result) and save the
     final weights to DIR/replays/NAME-member-M.ckpt. ``on_step`` sees each step as it ends."""
     loaded = load_spec(spec)
-    history = read_history(experiment, storage, dir)
+    history = read(experiment, storage, dir)
     check_space(loaded, history)
     target, interval = choose(history, member)
     steps = analysis.schedule(history.rows, target, interval)
     state, done = train_schedule(loaded, steps, history, device, on_step)
     name = history.experiment.name
-    path = place(dir, storage, create=False).dir / "replays" / f"{name}-member-{target}.ckpt"
+    path = run_dir(storage, dir) / "replays" / f"{name}-member-{target}.ckpt"
     save_atomically(loaded, state, path)
     return Replay(name, target, interval, history.config.metric, done, str(path))
 

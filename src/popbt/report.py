@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from . import analysis
-from .launch import place
-from .store import Event, Experiment, Progress, Row, open_store
+from .history import open_experiment, open_reader
+from .store import DONE, Event, Experiment, ExperimentStatus, Progress, Row
 
 
 @dataclass(frozen=True)
@@ -24,38 +24,27 @@ class Status:
 
 
 def experiments(storage: str | None = None, dir: str | os.PathLike | None = None) -> list[tuple[Experiment, Progress]]:
-    store = open_store(place(dir, storage, create=False).storage)
-    try:
+    with open_reader(storage, dir) as store:
         return [(e, store.progress(e.id)) for e in store.experiments()]
-    finally:
-        store.close()
 
 
 def status(experiment: str = "latest", storage: str | None = None,
            dir: str | os.PathLike | None = None) -> Status:
-    store = open_store(place(dir, storage, create=False).storage)
-    try:
-        exp = store.experiment(experiment)
+    with open_experiment(experiment, storage, dir) as (store, exp):
         return Status(exp, store.progress(exp.id), analysis.population(store.history(exp.id)),
                       store.events(exp.id, limit=10))
-    finally:
-        store.close()
 
 
 def best(experiment: str = "latest", storage: str | None = None,
          dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """The best member as JSON-ready data (experiment, member, score, weights, schedule)."""
-    store = open_store(place(dir, storage, create=False).storage)
-    try:
-        exp = store.experiment(experiment)
+    with open_experiment(experiment, storage, dir) as (store, exp):
         found = analysis.best(store.history(exp.id), exp.config)
-        if found is None:
-            return None
-        data = found.to_json(exp.name, exp.config.metric)
-        data["finished"] = exp.status == "finished"
-        return data
-    finally:
-        store.close()
+    if found is None:
+        return None
+    data = found.to_json(exp.name, exp.config.metric)
+    data["finished"] = exp.status == ExperimentStatus.FINISHED
+    return data
 
 
 def fmt(value: Any) -> str:
@@ -85,7 +74,7 @@ def status_table(st: Status) -> Table:
         table.add_column(col, justify="right" if col not in ("state", "device") else "left")
     for r in st.population:
         parent = f"{r.parent}@{r.parent_interval}" if r.parent is not None and r.parent != r.member else ""
-        state = r.state if not r.error or r.state == "done" else f"{r.state} ({r.error})"
+        state = r.state if not r.error or r.state == DONE else f"{r.state} ({r.error})"
         table.add_row(str(r.member), str(r.interval), fmt(r.score), *(fmt(r.hparams.get(n)) for n in names),
                       state, parent, r.device or "")
     return table
