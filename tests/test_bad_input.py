@@ -96,7 +96,7 @@ CASES = {
         ["status", "--storage", "sqlite:///{tmp}/afile/popbt.db"], "{tmp}/afile is not a directory"),
     "sqlite path that is a directory": (["list", "--storage", "sqlite:///{specs}"], "is not a database file"),
     "database of another schema version (list)": (
-        ["list", "--storage", "sqlite:///{tmp}/v99.db"], "has popbt schema version 99; this popbt uses version 1"),
+        ["list", "--storage", "sqlite:///{tmp}/v99.db"], "has popbt schema version 99; this popbt uses version 2"),
     "database of another schema version (run)": (
         ["run", QUAD, "--storage", "sqlite:///{tmp}/v99.db"], "has popbt schema version 99"),
     "--dir under a regular file (meaningful as root)": (

@@ -10,12 +10,14 @@ import subprocess
 import time
 from pathlib import Path
 
-
+from popbt import analysis
 from popbt.experiment import ExperimentConfig
 from popbt.space import Uniform
 from popbt.store import DONE, NotFound, open_store
 
-from conftest import QUAD, expire_lease, popbt_cmd, run_popbt
+from conftest import QUAD, SPECS, expire_lease, popbt_cmd, run_popbt
+
+FAULTY = str(SPECS / "faulty.py")
 
 
 def wait_for(predicate, timeout=60.0, what="condition"):
@@ -43,6 +45,14 @@ def done_count(url, name):
         return 0
 
 
+def store_exploits(url, exp_id):
+    store = open_store(url)
+    try:
+        return store.exploits(exp_id)
+    finally:
+        store.close()
+
+
 def assert_complete(rows, population, intervals):
     keys = [(r.member, r.interval) for r in rows if r.state == DONE]
     assert sorted(keys) == [(m, k) for m in range(population) for k in range(intervals)]
@@ -56,8 +66,8 @@ def test_run_two_workers_then_list_status_best(tmp_path):
     assert best["experiment"] == "quad" and best["interval"] == 5
     assert Path(best["weights"]).is_file()
     steps = best["schedule"]
-    # the model's whole training, oldest first; an async exploit may copy a member a little ahead
-    assert steps[0]["interval"] == 0 and len(steps) >= 6
+    # the model's whole training, oldest first: every interval once, whoever trained it
+    assert [s["interval"] for s in steps] == list(range(6))
     assert (steps[-1]["member"], steps[-1]["interval"]) == (best["member"], 5)
     assert set(best["schedule"][0]["hparams"]) == {"h0", "h1"}
     status = run_popbt("status", "--dir", str(tmp_path))
@@ -175,13 +185,59 @@ def test_a_failing_member_is_retried_then_replaced_and_the_run_completes(tmp_pat
     assert any(e.kind in ("replaced", "gave_up") for e in events)
 
 
-def test_a_nan_score_is_recorded_as_a_failure(tmp_path, sqlite_url):
-    out = run_popbt("run", QUAD, "--workers", "1", "--storage", sqlite_url, "--dir", str(tmp_path),
-                    env={"POPBT_TEST_NAN": "0:1"})
+def test_every_final_model_trained_exactly_every_interval_in_async_mode(tmp_path, sqlite_url):
+    """Async, one worker, population 8: copies cross no ages, so each final model's ancestry is
+    intervals 0..9 once each, and the best member's schedule has no hole."""
+    out = run_popbt("run", QUAD, "--workers", "1", "--seed", "6", "--population", "8", "--intervals", "10",
+                    "--storage", sqlite_url, "--dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    exp, rows, _ = results(sqlite_url, "quad")
+    assert len(store_exploits(sqlite_url, exp.id)) >= 10  # it did exploit, two members a generation
+    for member in range(8):
+        assert [r.interval for r in analysis.ancestry(rows, member, 9)] == list(range(10))
+    best = json.loads(run_popbt("best", "--json", "--storage", sqlite_url, "--dir", str(tmp_path)).stdout)
+    assert [s["interval"] for s in best["schedule"]] == list(range(10))
+
+
+def test_a_nan_score_counts_as_the_worst_and_its_member_copies_a_top_member(tmp_path, sqlite_url):
+    out = run_popbt("run", QUAD, "--workers", "1", "--seed", "1", "--ready-every", "4", "--storage", sqlite_url,
+                    "--dir", str(tmp_path), env={"POPBT_TEST_NAN": "0:1"})
+    assert out.returncode == 0, out.stderr
+    exp, rows, events = results(sqlite_url, "quad")
+    [nan] = [r for r in rows if (r.member, r.interval) == (0, 1)]
+    assert nan.state == DONE and nan.score is None and "nan" in nan.error and nan.attempts == 0
+    assert any(e.kind == "nonfinite" for e in events) and not any(e.kind == "failure" for e in events)
+    copies = [(x.member, x.interval) for x in store_exploits(sqlite_url, exp.id)]
+    assert (0, 2) in copies  # at once, though --ready-every 4 allows copies only before 4
+
+
+def test_with_nonfinite_fail_a_nan_score_is_a_failed_attempt(tmp_path, sqlite_url):
+    out = run_popbt("run", QUAD, "--workers", "1", "--nonfinite", "fail", "--storage", sqlite_url,
+                    "--dir", str(tmp_path), env={"POPBT_TEST_NAN": "0:1"})
     assert out.returncode == 0, out.stderr
     _, rows, events = results(sqlite_url, "quad")
     assert any("not a finite number" in e.message for e in events if e.kind == "failure")
     assert all(r.score is None or r.score == r.score for r in rows)  # no NaN stored as a result
+
+
+def test_sync_with_a_failing_member_gives_the_same_history_whatever_the_number_of_workers(tmp_path, storage):
+    """Member 0's interval 2 fails three times (max_attempts), after training: with three
+    workers the others have finished interval 2 by then, with one they have not. It is replaced
+    from the previous generation either way."""
+    for name, workers in (("one", "1"), ("three", "3")):
+        marks = tmp_path / f"marks-{name}"
+        marks.mkdir()
+        out = run_popbt("run", FAULTY, "--sync", "--seed", "11", "--population", "5", "--name", name,
+                        "--workers", workers, "--storage", storage, "--dir", str(tmp_path),
+                        env={"FAULTY_DIR": str(marks), "FAULTY_RAISE": "save:0:2:3", "FAULTY_STEP_SECONDS": "0.1"})
+        assert out.returncode == 0, out.stderr
+    one, three = history_signature(storage, "one"), history_signature(storage, "three")
+    assert one == three
+    store = open_store(storage)
+    exp = store.experiment("one")
+    store.close()
+    replaced = [x for x in store_exploits(storage, exp.id) if x.reason == "replace"]
+    assert [(x.member, x.interval, x.donor_interval) for x in replaced] == [(0, 2, 1)]
 
 
 def test_a_corrupted_checkpoint_is_detected_and_never_loaded(tmp_path, sqlite_url):

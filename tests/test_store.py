@@ -36,11 +36,10 @@ def store(storage):
     s.close()
 
 
-def first_interval_member_0_last(store, exp):
-    """Everyone trains interval 0 (score = member index); member 0 reports last, so it
-    decides with the whole population ranked (in async mode a member decides when it reports)."""
+def first_interval(store, exp, order=None):
+    """Everyone trains interval 0 (score = member index), reporting in ``order``."""
     tasks = [store.claim(exp.id, "w", "cpu") for _ in range(exp.config.population)]
-    for t in tasks[1:] + tasks[:1]:
+    for t in (tasks if order is None else [tasks[m] for m in order]):
         store.report(t, result(t.member, f"/ckpt/{t.member}-0"))
 
 
@@ -73,10 +72,47 @@ def test_claims_hand_out_each_task_once_furthest_behind_first(store):
     first = [store.claim(exp.id, "w", "cpu") for _ in range(4)]
     assert [t.member for t in first] == [0, 1, 2, 3]
     assert store.claim(exp.id, "w", "cpu") is None  # all running
-    store.report(first[2], result(1.0))
+    store.report(first[3], result(3.0))
+    store.report(first[2], result(2.0))  # member 3 now surely is not the bottom one of four
     nxt = store.claim(exp.id, "w", "cpu")
-    assert (nxt.member, nxt.interval) == (2, 1)
-    assert nxt.start is not None and nxt.start.member == 2
+    assert (nxt.member, nxt.interval) == (3, 1)
+    assert nxt.start is not None and (nxt.start.member, nxt.start.interval) == (3, 0)
+
+
+def test_a_decision_waits_until_it_is_determined_and_its_task_is_never_claimed_meanwhile(store):
+    """Async, matched age: the first member to report cannot be ranked yet. It is kept as
+    soon as enough members of its age score below it; a copy waits for the whole cohort."""
+    exp = store.create_experiment(config(), "/tmp")  # population 4: bottom and top groups of 1
+    tasks = [store.claim(exp.id, "w", "cpu") for _ in range(4)]
+    store.report(tasks[0], result(0.0, "/ckpt/0-0"))
+    store.report(tasks[1], result(1.0, "/ckpt/1-0"))
+    nxt = store.claim(exp.id, "w", "cpu")
+    assert (nxt.member, nxt.interval, nxt.start.path) == (1, 1, "/ckpt/1-0")  # member 0 scored below it
+    assert store.claim(exp.id, "w", "cpu") is None  # member 0 waits: it may be the bottom one
+    store.report(tasks[2], result(2.0, "/ckpt/2-0"))
+    assert store.claim(exp.id, "w", "cpu").member == 2
+    assert store.claim(exp.id, "w", "cpu") is None
+    store.report(tasks[3], result(3.0, "/ckpt/3-0"))  # the cohort is complete: 0 is bottom, 3 top
+    claimed = {t.member: t for t in (store.claim(exp.id, "w", "cpu"), store.claim(exp.id, "w", "cpu"))}
+    assert claimed[0].start.path == "/ckpt/3-0" and claimed[3].start.path == "/ckpt/3-0"
+    [x] = store.exploits(exp.id)
+    assert (x.member, x.interval, x.donor, x.donor_interval) == (0, 1, 3, 0)
+
+
+def test_a_member_is_never_ranked_against_an_older_or_newer_result(store):
+    """Member 1 is ahead by an interval with a high score; member 0's decision at interval 0
+    compares only scores of interval 0."""
+    exp = store.create_experiment(config(population=2, intervals=4), "/tmp")
+    t0, t1 = store.claim(exp.id, "w", "cpu"), store.claim(exp.id, "w", "cpu")
+    store.report(t1, result(5.0, "/ckpt/1-0"))
+    store.report(t0, result(1.0, "/ckpt/0-0"))  # 0 is the bottom of interval 0: it copies 1
+    a, b = store.claim(exp.id, "w", "cpu"), store.claim(exp.id, "w", "cpu")
+    by_member = {t.member: t for t in (a, b)}
+    store.report(by_member[1], result(9.0, "/ckpt/1-1"))  # 1 is ahead now, scoring 9 at interval 1
+    store.report(by_member[0], result(6.0, "/ckpt/0-1"))  # 6 > 5: better than 1 was at interval 0
+    xs = store.exploits(exp.id)
+    # at interval 1, 0 (6.0) is compared with 1's interval-1 score (9.0), not its older 5.0
+    assert [(x.member, x.interval, x.donor_interval, x.donor_score) for x in xs] == [(0, 1, 0, 5.0), (0, 2, 1, 9.0)]
 
 
 def test_a_late_report_after_the_lease_was_taken_over_is_refused(store, storage):
@@ -118,14 +154,14 @@ def test_a_full_async_run_records_every_result_exactly_once(store):
 
 def test_the_bottom_member_copies_the_top_checkpoint_and_explores(store):
     exp = store.create_experiment(config(), "/tmp")
-    first_interval_member_0_last(store, exp)
+    first_interval(store, exp)
     t = store.claim(exp.id, "w", "cpu")  # member 0 at interval 1
     assert t.member == 0 and t.interval == 1
     assert t.start.member == 3  # member 0 scored worst, member 3 best (quantile 0.2 of 4 -> 1)
     [x] = store.exploits(exp.id)
-    assert (x["member"], x["donor"], x["interval"], x["reason"]) == (0, 3, 1, "exploit")
-    assert set(x["changes"]) == {"lr"} and x["changes"]["lr"] in ("x0.8", "x1.2", "resample")
-    assert t.hparams == x["hparams_after"]
+    assert (x.member, x.donor, x.interval, x.reason) == (0, 3, 1, "exploit")
+    assert set(x.changes) == {"lr"} and x.changes["lr"] in ("x0.8", "x1.2", "resample")
+    assert t.hparams == x.hparams_after
 
 
 def test_sync_creates_a_generation_only_when_the_previous_one_is_complete(store):
@@ -142,22 +178,36 @@ def test_sync_creates_a_generation_only_when_the_previous_one_is_complete(store)
 
 def test_checkpoints_are_deleted_only_when_nothing_references_them(store):
     exp = store.create_experiment(config(), "/tmp")
-    first_interval_member_0_last(store, exp)
+    first_interval(store, exp)
     live = {c.path for c in store.live_checkpoints(exp.id)}
     assert live == {f"/ckpt/{m}-0" for m in range(4)}
-    t = store.claim(exp.id, "w", "cpu")  # member 0 now starts from member 3's checkpoint
-    out = store.report(t, result(5.0, "/ckpt/0-1"))
-    # member 0's own interval-0 checkpoint is referenced by nothing any more; member 3's is
-    assert out.garbage == ["/ckpt/0-0"]
-    assert "/ckpt/3-0" in {c.path for c in store.live_checkpoints(exp.id)}
+    garbage = []
+    for t in [store.claim(exp.id, "w", "cpu") for _ in range(4)]:  # member 0 starts from member 3's
+        garbage += store.report(t, result(5.0 + t.member, f"/ckpt/{t.member}-1")).garbage
+        live = {c.path for c in store.live_checkpoints(exp.id)}
+        if len(garbage) < 4:  # a member failing at interval 1 could still be restarted from interval 0
+            assert {f"/ckpt/{m}-0" for m in range(4)} <= live
+    # generation 1 complete: interval 0 is referenced by nothing any more
+    assert sorted(garbage) == [f"/ckpt/{m}-0" for m in range(4)]
     drain(store, exp)
     final = {c.path for c in store.live_checkpoints(exp.id)}
     assert final == {f"/ckpt/{m}-2" for m in range(4)}  # one per member at the end
 
 
+def test_checkpoints_kept_alive_stay_bounded_by_the_population_s_spread(store):
+    """Donors of the copier's age are kept while a decision may need them: a few per member."""
+    exp = store.create_experiment(config(population=6, intervals=8), "/tmp")
+    most = 0
+    while (task := store.claim(exp.id, "w", "cpu")) is not None:
+        store.report(task, result((task.member * 7 + task.interval * 3) % 5, f"/ckpt/{task.member}-{task.interval}"))
+        most = max(most, len(store.live_checkpoints(exp.id)))
+    assert most <= 3 * 6
+    assert len(store.live_checkpoints(exp.id)) == 6
+
+
 def test_failures_retry_then_replace_then_give_up(store):
     exp = store.create_experiment(config(max_attempts=2), "/tmp")
-    first_interval_member_0_last(store, exp)
+    first_interval(store, exp)
     failing = store.claim(exp.id, "w", "cpu")
     assert failing.member == 0
     store.fail(failing, "boom 1")
@@ -179,6 +229,21 @@ def test_failures_retry_then_replace_then_give_up(store):
     store.release(replaced)
     drain(store, exp)
     assert store.progress(exp.id).finished  # the run does not hang on the failed member
+
+
+def test_a_database_of_popbt_0_1_is_upgraded_in_place(storage):
+    store = open_store(storage)
+    exp = store.create_experiment(config(), "/tmp")
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE popbt_experiments DROP COLUMN version")
+        conn.execute(update(schema.meta).values(value="1"))
+    store.close()
+    store = open_store(storage)
+    try:
+        drain(store, store.experiment(exp.name))
+        assert store.progress(exp.id).finished
+    finally:
+        store.close()
 
 
 def test_opening_a_database_of_another_schema_version_fails_clearly(storage):

@@ -1,5 +1,6 @@
-"""Exploit rules (truncation by fraction or count, tournament, t-test), the ready rule and
-the explore hook, each from its definition, on hand-made populations."""
+"""The rules' building blocks (ranking, group sizes, the t-test, lineages, the ready rule, the
+explore hook), each from its definition, on hand-made scores. How they are combined at
+matched age is tested in test_plan.py."""
 
 import random
 
@@ -8,38 +9,41 @@ import pytest
 from popbt.experiment import ConfigError, ExperimentConfig
 from popbt.space import IntUniform, Uniform
 from popbt.strategy import (ExploreError, Standing, StrategyError, Trained, check_top, cut_size,
-                            explore_with, histories, is_ready, rank, significantly_better, tournament,
-                            truncation, ttest)
+                            explore_with, histories, is_ready, opponent, rank, significantly_better,
+                            surely_kept, tiebreak, truncation)
 
 SPACE = {"lr": Uniform(0.0, 1.0)}
 
 
-def population(scores):
-    return [Standing(m, 3, s) for m, s in enumerate(scores)]
+def population(scores, interval=3, seed=0):
+    return [Standing(m, sc, tiebreak(seed, interval, m)) for m, sc in enumerate(scores)]
 
 
-def test_donors_come_only_from_the_top_quantile_and_losers_only_from_the_bottom():
-    scores = [0.1 * m for m in range(10)]  # member 9 is best, member 0 worst
-    seen_donors, seen_losers = set(), set()
-    for seed in range(300):
-        decided = truncation(population(scores), "max", 0.2, random.Random(seed))
-        seen_losers |= set(decided)
-        seen_donors |= {d.member for d in decided.values()}
-    assert seen_losers == {0, 1}
-    assert seen_donors == {8, 9}
+def test_the_bottom_group_are_the_worst_and_the_top_group_the_best():
+    ranked = rank(population([0.1 * m for m in range(10)]), "max")
+    top, bottom = truncation(ranked, cut_size(10, 0.2))
+    assert [s.member for s in top] == [9, 8] and [s.member for s in bottom] == [1, 0]
 
 
 def test_mode_min_turns_the_ranking_around():
-    decided = truncation(population([5.0, 1.0, 3.0, 4.0, 2.0]), "min", 0.2, random.Random(0))
-    assert set(decided) == {0}
-    assert decided[0].member == 1
+    ranked = rank(population([5.0, 1.0, 3.0, 4.0, 2.0]), "min")
+    assert [s.member for s in ranked] == [1, 4, 2, 3, 0]
 
 
-def test_cut_sizes():
-    assert cut_size(2, 0.2) == 1  # the paper's toy: population 2 still exploits
-    assert cut_size(8, 0.2) == 1
-    assert cut_size(15, 0.2) == 3
-    assert cut_size(10, 0.5) == 5
+def test_a_non_finite_score_ranks_below_every_number_in_both_modes():
+    for mode in ("max", "min"):
+        ranked = rank(population([None, 1.0, -1e300, 1e300]), mode)
+        assert ranked[-1].member == 0
+
+
+GROUP_SIZES_AT_QUANTILE_0_2 = {2: 1, 3: 1, 4: 1, 5: 1, 6: 2, 7: 2, 8: 2, 9: 2, 10: 2, 11: 3, 15: 3, 16: 4, 32: 7}
+
+
+def test_group_sizes_round_up_like_ray_tune_at_least_one_at_most_half():
+    assert {n: cut_size(n, 0.2) for n in GROUP_SIZES_AT_QUANTILE_0_2} == GROUP_SIZES_AT_QUANTILE_0_2
+    assert cut_size(10, 0.3) == 3  # 10 * 0.3 is 3.0000000000000004 in floating point: still 3
+    assert cut_size(4, 0.25) == 1 and cut_size(8, 0.25) == 2 and cut_size(5, 0.5) == 2
+    assert all(1 <= cut_size(n, q) <= n // 2 for n in range(2, 33) for q in (0.01, 0.2, 0.25, 0.5))
     with pytest.raises(StrategyError):
         cut_size(1, 0.2)
     with pytest.raises(StrategyError):
@@ -48,26 +52,31 @@ def test_cut_sizes():
         cut_size(10, 0.6)
 
 
-def test_ties_are_broken_by_the_seed_not_by_insertion_order():
-    tied = population([1.0] * 6)
-    firsts = {rank(tied, "max", random.Random(seed))[0].member for seed in range(50)}
+def test_ties_are_broken_by_a_fixed_draw_per_member_not_by_member_order_or_by_who_else_is_there():
+    firsts = {rank(population([1.0] * 6, seed=seed), "max")[0].member for seed in range(50)}
     assert len(firsts) > 1
-    assert rank(tied, "max", random.Random(7)) == rank(list(reversed(tied)), "max", random.Random(7))
+    everyone = rank(population([1.0] * 6), "max")
+    some = rank([s for s in population([1.0] * 6) if s.member in (1, 3, 4)], "max")
+    assert [s.member for s in everyone if s.member in (1, 3, 4)] == [s.member for s in some]
+
+
+def test_a_member_is_surely_kept_once_enough_of_its_cohort_scored_below_it():
+    me = Standing(5, 0.7, 0.5)
+    known = [Standing(1, 0.2, 0.1), Standing(2, 0.9, 0.1), me]
+    assert surely_kept(me, known, 1, "max")
+    assert not surely_kept(me, known, 2, "max")  # only one known below: the unknown may be lower
+    assert surely_kept(me, known + [Standing(3, 0.1, 0.3)], 2, "max")
+    assert not surely_kept(Standing(1, 0.2, 0.1), known, 1, "max")
+
+
+def test_an_opponent_is_any_other_member_drawn_by_the_seed():
+    met = {opponent([0, 1, 2, 3], 0, random.Random(s)) for s in range(100)}
+    assert met == {1, 2, 3}
+    assert opponent([3, 1, 2, 0], 0, random.Random(5)) == opponent([0, 1, 2, 3], 0, random.Random(5))
+    assert opponent([2], 2, random.Random(0)) is None
 
 
 # -- top as a count ---------------------------------------------------------------------
-
-
-def test_donors_come_only_from_the_top_count_and_losers_only_from_the_bottom_count():
-    scores = [0.1 * m for m in range(10)]
-    seen_donors, seen_losers = set(), set()
-    for seed in range(300):
-        decided = truncation(population(scores), "max", 0.2, random.Random(seed), top=3)
-        assert len(decided) == 3
-        seen_losers |= set(decided)
-        seen_donors |= {d.member for d in decided.values()}
-    assert seen_losers == {0, 1, 2}
-    assert seen_donors == {7, 8, 9}
 
 
 def test_a_count_wins_over_the_fraction_and_never_lets_the_groups_overlap():
@@ -91,34 +100,6 @@ def test_config_refuses_a_top_count_above_half_the_population():
         ExperimentConfig(name="x", spec="s", space=SPACE, population=1)
 
 
-# -- binary tournament ------------------------------------------------------------------
-
-
-def test_tournament_a_worse_member_copies_the_better_one_it_meets():
-    pair = population([1.0, 2.0])  # each member can only meet the other
-    for seed in range(20):
-        assert tournament(pair, "max", random.Random(seed)) == {0: pair[1]}
-        assert tournament(pair, "min", random.Random(seed)) == {1: pair[0]}
-
-
-def test_tournament_the_best_member_never_copies_and_a_tie_keeps_its_weights():
-    scores = [0.3, 0.9, 0.1, 0.5, 0.7]
-    for seed in range(300):
-        decided = tournament(population(scores), "max", random.Random(seed))
-        assert 1 not in decided
-        assert all(d.score > scores[m] for m, d in decided.items())
-        assert all(d.member != m for m, d in decided.items())
-    assert tournament(population([1.0, 1.0, 1.0]), "max", random.Random(0)) == {}
-
-
-def test_tournament_opponents_are_drawn_from_every_other_member_by_the_seed():
-    scores = [0.0, 1.0, 2.0, 3.0]
-    met = {tournament(population(scores), "max", random.Random(s), members=[0])[0].member for s in range(100)}
-    assert met == {1, 2, 3}
-    once = tournament(population(scores), "max", random.Random(5))
-    assert once == tournament(list(reversed(population(scores))), "max", random.Random(5))
-
-
 # -- t-test selection -------------------------------------------------------------------
 
 CLEARLY_BETTER = [0.80, 0.82, 0.81, 0.83]
@@ -132,26 +113,20 @@ def scipy_stats():
     return pytest.importorskip("scipy.stats")
 
 
-def test_ttest_copies_a_clearly_better_history(scipy_stats):
-    pair = population([0.51, 0.83])
-    histories = {0: CLEARLY_WORSE, 1: CLEARLY_BETTER}
-    for seed in range(10):
-        assert ttest(pair, histories, "max", random.Random(seed), window=4, alpha=0.05) == {0: pair[1]}
+def test_ttest_finds_a_clearly_better_history(scipy_stats):
+    assert significantly_better(CLEARLY_BETTER, CLEARLY_WORSE, "max", 4, 0.05)
     assert significantly_better(CLEARLY_WORSE, CLEARLY_BETTER, "min", 4, 0.05)
     assert not significantly_better(CLEARLY_WORSE, CLEARLY_BETTER, "max", 4, 0.05)
 
 
-def test_ttest_does_not_copy_overlapping_noisy_histories(scipy_stats):
-    pair = population([0.85, 0.95])  # the latest score alone would say member 1 is better
-    assert ttest(pair, {0: NOISY_A, 1: NOISY_B}, "max", random.Random(0), window=4, alpha=0.05) == {}
+def test_ttest_does_not_find_overlapping_noisy_histories_better(scipy_stats):
+    assert NOISY_B[-1] > NOISY_A[-1]  # the latest score alone would say B is better
     assert not significantly_better(NOISY_B, NOISY_A, "max", 4, 0.05)
 
 
-def test_ttest_does_not_copy_on_too_short_a_history(scipy_stats):
-    pair = population([0.51, 0.83])
-    short = {0: CLEARLY_WORSE[-3:], 1: CLEARLY_BETTER}
-    assert ttest(pair, short, "max", random.Random(0), window=4, alpha=0.05) == {}
-    assert ttest(pair, {0: CLEARLY_WORSE}, "max", random.Random(0), window=4, alpha=0.05) == {}
+def test_ttest_never_finds_too_short_a_history_better(scipy_stats):
+    assert not significantly_better(CLEARLY_BETTER, CLEARLY_WORSE[-3:], "max", 4, 0.05)
+    assert not significantly_better(CLEARLY_BETTER[-3:], CLEARLY_WORSE, "max", 4, 0.05)
     # only the last ``window`` scores count: an old bad stretch is forgotten
     assert not significantly_better([0.0] * 6 + [0.5, 0.52, 0.49, 0.51], CLEARLY_WORSE, "max", 4, 0.05)
 
@@ -166,6 +141,11 @@ def test_histories_follow_the_weights_back_through_an_exploit():
     ]
     assert histories(trained, {0: 12, 1: 21}, 4) == {0: [0.5, 0.6, 0.7], 1: [0.5, 0.6]}
     assert histories(trained, {0: 12}, 2) == {0: [0.6, 0.7]}
+
+
+def test_a_history_stops_at_a_non_finite_score():
+    trained = [Trained(0, 0, None, {}, None, 10), Trained(0, 1, 0.2, {}, 10, 11), Trained(0, 2, 0.3, {}, 11, 12)]
+    assert histories(trained, {0: 12}, 4) == {0: [0.2, 0.3]}
 
 
 # -- the ready rule ---------------------------------------------------------------------
@@ -205,9 +185,3 @@ def test_an_explore_hook_answer_outside_the_space_is_one_clear_error(hook, messa
     with pytest.raises(ExploreError) as err:
         explore_with(hook, {"lr": 0.5, "bs": 32}, HOOK_SPACE, random.Random(0))
     assert message in str(err.value) and "\n" not in str(err.value)
-
-
-def test_tied_members_still_copy_each_other_as_in_the_papers_toy():
-    tied = [Standing(0, 3, 0.39), Standing(1, 3, 0.39)]
-    decided = truncation(tied, "max", 0.2, random.Random(0))
-    assert len(decided) == 1 and {m: d.member for m, d in decided.items()} in ({0: 1}, {1: 0})

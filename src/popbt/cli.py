@@ -23,7 +23,7 @@ from .experiment import ConfigError, SpecError
 from .history import open_experiment
 from .space import SpaceError
 from .store import NotFound, StoreError
-from .strategy import EXPLOITS, EXPLORES, StrategyError
+from .strategy import EXPLOITS, EXPLORES, NONFINITE, StrategyError
 
 if TYPE_CHECKING:
     from .replay import Replay, ReplayStep
@@ -46,7 +46,7 @@ def _storage_args(p: argparse.ArgumentParser) -> None:
 
 
 STRATEGY_ARGS = ("top", "exploit", "ttest_window", "ttest_alpha", "ready_every", "burn_in", "explore",
-                 "factors", "resample_probability")
+                 "factors", "resample_probability", "nonfinite")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -76,6 +76,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factors", type=_floats, metavar="LIST", help="perturb factors (default 0.8,1.2)")
     p.add_argument("--resample-probability", type=float, metavar="P",
                    help="perturb: resample a value with probability P (default 0.25)")
+    p.add_argument("--nonfinite", choices=NONFINITE,
+                   help="a NaN or infinite score: 'worst' (the default: the member copies a top member at once) "
+                        "or 'fail' (a failed attempt, retried)")
     p.add_argument("--search", choices=("pbt", "random"), help="random: no exploit, no explore")
     p.add_argument("--checkpoints", metavar="DIR|db",
                    help="where checkpoints live: a directory every worker reaches (default DIR/checkpoints), "

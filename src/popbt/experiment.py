@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any, Callable, Mapping
 
 from .space import Domain, SpaceError, check_space, space_from_json, space_to_json
-from .strategy import EXPLOITS, EXPLORES, check_quantile, check_top
+from .strategy import EXPLOITS, EXPLORES, NONFINITE, check_quantile, check_top
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -59,6 +59,7 @@ class ExperimentConfig:
     ready_every: int = 1  # exploit only before intervals that are multiples of this
     burn_in: int = 0  # no exploit before this interval
     explore: str = "perturb"  # perturb | pb2
+    nonfinite: str = "worst"  # a NaN/inf score: the worst score (the member exploits at once) | a failure
 
     def __post_init__(self) -> None:
         check_name(self.name, "experiment name")
@@ -87,6 +88,8 @@ class ExperimentConfig:
             raise ConfigError(f"exploit must be one of {', '.join(EXPLOITS)}, got {self.exploit!r}")
         if self.explore not in EXPLORES:
             raise ConfigError(f"explore must be one of {', '.join(EXPLORES)}, got {self.explore!r}")
+        if self.nonfinite not in NONFINITE:
+            raise ConfigError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {self.nonfinite!r}")
         if not _is_int(self.ttest_window) or self.ttest_window < 2:
             raise ConfigError(f"ttest_window must be an integer of at least 2, got {self.ttest_window!r}")
         if not is_finite_number(self.ttest_alpha) or not 0 < self.ttest_alpha < 1:
@@ -117,7 +120,7 @@ class ExperimentConfig:
 
 # Settings a spec module may default and the command line may override.
 STRATEGY = ("quantile", "top", "exploit", "ttest_window", "ttest_alpha", "ready_every", "burn_in",
-            "explore", "factors", "resample_probability")
+            "explore", "factors", "resample_probability", "nonfinite")
 TUNABLE = ("population", "intervals", "sync", "seed", "metric", "mode", "max_attempts", "lease_seconds",
            "search", *STRATEGY)
 # Settings that, once an experiment exists, cannot change on resume.

@@ -93,13 +93,15 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
         console: Console | None = None, top: int | None = None, exploit: str | None = None,
         ttest_window: int | None = None, ttest_alpha: float | None = None,
         ready_every: int | None = None, burn_in: int | None = None, explore: str | None = None,
-        factors: Sequence[float] | None = None, resample_probability: float | None = None) -> RunSummary:
+        factors: Sequence[float] | None = None, resample_probability: float | None = None,
+        nonfinite: str | None = None) -> RunSummary:
     """Create or resume an experiment and train it with ``workers`` local processes.
 
     ``workers=0`` only creates the experiment, for workers started elsewhere. ``checkpoints``
     is a directory every worker can reach (default DIR/checkpoints) or ``"db"`` to keep
     checkpoint bytes in the database, so a multi-machine run needs only the storage URL.
-    ``top`` ... ``resample_probability`` choose the exploit/explore rules (docs/strategies.md).
+    ``top`` ... ``resample_probability`` choose the exploit/explore rules (docs/strategies.md);
+    ``nonfinite`` what a NaN or infinite score is (``worst``, the default, or ``fail``).
     """
     console = console or Console()
     loaded = load_spec(spec)
@@ -107,6 +109,7 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
                      quantile=quantile, search=search, top=top, exploit=exploit,
                      ttest_window=ttest_window, ttest_alpha=ttest_alpha, ready_every=ready_every,
                      burn_in=burn_in, explore=explore, resample_probability=resample_probability,
+                     nonfinite=nonfinite,
                      factors=None if factors is None else tuple(factors))
     loaded.config(name, **overrides)  # invalid settings fail here, before anything is written
     where = place(dir, storage)

@@ -1,8 +1,9 @@
-"""Exploit and explore as pure functions of a population snapshot and a seeded RNG.
+"""The rules of exploit and explore, as pure functions of scores and a seeded RNG.
 
-Nothing here does I/O: the store takes a snapshot inside its transaction, calls these
-functions, and writes what they decide. That keeps every decision reproducible from the
-history and testable on hand-made populations.
+Nothing here does I/O and nothing here knows about ages or cohorts: ``popbt.plan`` decides
+*when* a member may be compared (at matched age) and calls these rules to decide *what*
+happens. That keeps every rule reproducible from the history and testable on hand-made
+populations.
 
 Exploit rules (who copies whom): ``truncation`` (the bottom group copies the top group),
 ``tournament`` (copy one random other member if it scores better) and ``ttest`` (copy one
@@ -23,6 +24,7 @@ from .space import Change, Domain, SpaceError, sample_space, validate_hparams
 
 EXPLOITS = ("truncation", "tournament", "ttest")
 EXPLORES = ("perturb", "pb2")
+NONFINITE = ("worst", "fail")  # a NaN/inf score: the worst score (exploit at once), or a failure
 
 
 class StrategyError(ValueError):
@@ -35,11 +37,22 @@ class ExploreError(ValueError):
 
 @dataclass(frozen=True)
 class Standing:
-    """One member's latest result: what exploit compares."""
+    """One member's result at the age being compared: what exploit ranks.
+
+    ``score`` is None when evaluate() returned NaN or an infinity: the worst of all scores.
+    ``tiebreak`` orders equal scores; it is drawn per (seed, interval, member), so the order of
+    two members never depends on who else has reported yet.
+    """
 
     member: int
-    interval: int
-    score: float
+    score: float | None
+    tiebreak: float = 0.0
+
+    def key(self, mode: str) -> tuple[float, float]:
+        """Larger is better, whatever the mode; non-finite scores below every number."""
+        if self.score is None:
+            return (-math.inf, self.tiebreak)
+        return (self.score if mode == "max" else -self.score, self.tiebreak)
 
 
 @dataclass(frozen=True)
@@ -53,11 +66,12 @@ class Explored:
 @dataclass(frozen=True)
 class Trained:
     """One completed interval, with the checkpoints it started from and wrote: enough to
-    follow a model's lineage back through exploits (t-test histories, PB2's improvements)."""
+    follow a model's lineage back through exploits (t-test histories, PB2's improvements).
+    ``score`` is None for a non-finite score."""
 
     member: int
     interval: int
-    score: float
+    score: float | None
     hparams: Mapping[str, Any]
     start: int | None
     result: int | None
@@ -88,14 +102,15 @@ def check_top(top: int | None, population: int) -> int | None:
 def cut_size(n: int, quantile: float, top: int | None = None) -> int:
     """How many members form the top (and the bottom) group of a population of ``n``.
 
-    ``top`` (a count) wins over ``quantile`` (a fraction). At least one, so a population of
-    two still exploits (the paper's toy); never more than half, so the groups cannot
-    overlap even when members dropped out of a run configured for more.
+    ``top`` (a count) wins over ``quantile`` (a fraction), which is rounded *up* as Ray Tune
+    does: quantile 0.2 of 8 is 2, not 1. At least one, so a population of two still exploits
+    (the paper's toy); never more than half, so the groups cannot overlap even when members
+    dropped out of a run configured for more. ``docs/strategies.md`` has the table.
     """
     if n < 2:
         raise StrategyError(f"exploit needs a population of at least 2, got {n}")
     check_quantile(quantile)
-    size = top if top is not None else math.floor(n * quantile)
+    size = top if top is not None else math.ceil(round(n * quantile, 9))  # 10 * 0.3 is 3.0000000000000004
     return min(max(1, size), n // 2)
 
 
@@ -114,62 +129,32 @@ def better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
 
-def rank(standings: Sequence[Standing], mode: str, rng: random.Random) -> list[Standing]:
-    """Best first. Ties are broken by a seeded shuffle, never by insertion order."""
-    shuffled = sorted(standings, key=lambda s: s.member)
-    rng.shuffle(shuffled)
-    sign = -1.0 if mode == "max" else 1.0
-    return sorted(shuffled, key=lambda s: sign * s.score)
+def tiebreak(seed: int, interval: int, member: int) -> float:
+    """A fixed random rank for ties between members' results of one interval."""
+    return random.Random(f"popbt:{seed}:tie:{interval}:{member}").random()
 
 
-def truncation(
-    standings: Sequence[Standing],
-    mode: str,
-    quantile: float,
-    rng: random.Random,
-    top: int | None = None,
-) -> dict[int, Standing]:
-    """Who copies whom: each member of the bottom group mapped to its donor.
-
-    Truncation selection: rank the population's latest scores; every member in the bottom
-    ``quantile`` (or bottom ``top`` members) copies one drawn uniformly from the top group.
-    Members not in the map keep training their own weights. Tied scores are ranked by the
-    seeded shuffle, so a tied member may copy another: the paper's toy (two members whose
-    scores stay exactly equal) needs exactly that to make progress.
-    """
-    ranked = rank(standings, mode, rng)
-    k = cut_size(len(ranked), quantile, top)
-    best = ranked[:k]
-    bottom = sorted(ranked[-k:], key=lambda s: s.member)
-    return {s.member: rng.choice(best) for s in bottom}
+def rank(standings: Iterable[Standing], mode: str) -> list[Standing]:
+    """Best first; equal scores in their ``tiebreak`` order, never in member order."""
+    return sorted(standings, key=lambda s: s.key(mode), reverse=True)
 
 
-def _deciders(standings: Sequence[Standing], members: Iterable[int] | None) -> list[Standing]:
-    """The members that decide, in member order, so a shared RNG is consumed reproducibly."""
-    wanted = None if members is None else set(members)
-    return sorted((s for s in standings if wanted is None or s.member in wanted), key=lambda s: s.member)
+def surely_kept(me: Standing, known: Iterable[Standing], cut: int, mode: str) -> bool:
+    """Truncation with part of the cohort still unknown: ``me`` cannot end up in the bottom
+    ``cut`` once ``cut`` known members rank below it, whatever the others score."""
+    mine = me.key(mode)
+    return sum(1 for s in known if s.member != me.member and s.key(mode) < mine) >= cut
 
 
-def opponent(standings: Sequence[Standing], member: int, rng: random.Random) -> Standing | None:
-    """One other member drawn uniformly (from the others in member order); None if alone."""
-    others = sorted((s for s in standings if s.member != member), key=lambda s: s.member)
+def truncation(ranked: Sequence[Standing], cut: int) -> tuple[list[Standing], list[Standing]]:
+    """The top and the bottom group of a complete, ranked cohort (best first)."""
+    return list(ranked[:cut]), list(ranked[len(ranked) - cut:])
+
+
+def opponent(candidates: Iterable[int], member: int, rng: random.Random) -> int | None:
+    """Tournament and t-test: one other member drawn uniformly, in member order; None if alone."""
+    others = sorted(m for m in candidates if m != member)
     return rng.choice(others) if others else None
-
-
-def tournament(
-    standings: Sequence[Standing],
-    mode: str,
-    rng: random.Random,
-    members: Iterable[int] | None = None,
-) -> dict[int, Standing]:
-    """Binary tournament: each deciding member meets one random other member and copies it
-    if that one scores strictly better (a tie keeps its own weights)."""
-    out: dict[int, Standing] = {}
-    for me in _deciders(standings, members):
-        other = opponent(standings, me.member, rng)
-        if other is not None and better(other.score, me.score, mode):
-            out[me.member] = other
-    return out
 
 
 def significantly_better(theirs: Sequence[float], mine: Sequence[float], mode: str,
@@ -191,27 +176,6 @@ def significantly_better(theirs: Sequence[float], mine: Sequence[float], mode: s
     return math.isfinite(p) and p < alpha
 
 
-def ttest(
-    standings: Sequence[Standing],
-    histories: Mapping[int, Sequence[float]],
-    mode: str,
-    rng: random.Random,
-    window: int = 4,
-    alpha: float = 0.05,
-    members: Iterable[int] | None = None,
-) -> dict[int, Standing]:
-    """T-test selection (the PBT paper's): each deciding member meets one random other
-    member and copies it if that one's recent scores (``histories``, oldest first) are
-    significantly better than its own; a single lucky score is not enough."""
-    out: dict[int, Standing] = {}
-    for me in _deciders(standings, members):
-        other = opponent(standings, me.member, rng)
-        if other is not None and significantly_better(
-                histories.get(other.member, ()), histories.get(me.member, ()), mode, window, alpha):
-            out[me.member] = other
-    return out
-
-
 def histories(trained: Iterable[Trained], heads: Mapping[int, int | None], length: int) -> dict[int, list[float]]:
     """Each member's last ``length`` scores, oldest first, from the checkpoint it wrote last
     (``heads``: member -> checkpoint id).
@@ -224,7 +188,7 @@ def histories(trained: Iterable[Trained], heads: Mapping[int, int | None], lengt
     for member, result in heads.items():
         scores: list[float] = []
         row = by_result.get(result) if result is not None else None
-        while row is not None and len(scores) < length:
+        while row is not None and len(scores) < length and row.score is not None:
             scores.append(row.score)
             row = by_result.get(row.start) if row.start is not None else None
         out[member] = scores[::-1]

@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from .space import space_to_json
 from .store import IN_DATABASE, Checkpoint, Experiment, LeaseLost, Rejected, Result, Store, StoreError, Task
 
 log = logging.getLogger("popbt.worker")
+
+SETTLE_AFTER = 2.0  # seconds idle before a worker takes decisions a dead worker left behind
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,16 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def seed_for(seed: int, member: int, interval: int) -> int:
-    """A seed for one (member, interval), the same whichever worker trains it."""
-    digest = hashlib.sha256(f"popbt:{seed}:{member}:{interval}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+def seed_for(seed: int, member: int, interval: int, attempts: int = 0, replacements: int = 0) -> int:
+    """A seed for one attempt at (member, interval), the same whichever worker trains it.
+
+    A retry gets a fresh seed (a failure that depends on the draw is not repeated for nothing);
+    the first attempt keeps the seed of earlier popbt versions, so histories still replay.
+    """
+    key = f"popbt:{seed}:{member}:{interval}"
+    if attempts or replacements:
+        key += f":{replacements}:{attempts}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
 
 
 def seed_everything(seed: int) -> None:
@@ -86,8 +95,9 @@ def set_threads(threads: int | None) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-def split_score(evaluated: Any, metric: str) -> tuple[float, dict[str, Any]]:
-    """evaluate() returns a number or a dict holding ``metric``; reject NaN, inf, non-numbers."""
+def split_score(evaluated: Any, metric: str, nonfinite: bool = False) -> tuple[float, dict[str, Any]]:
+    """evaluate() returns a number or a dict holding ``metric``; reject non-numbers, and NaN
+    or infinities unless ``nonfinite`` (the experiment counts them as the worst score)."""
     metrics: dict[str, Any] = {}
     if isinstance(evaluated, dict):
         if metric not in evaluated:
@@ -100,7 +110,9 @@ def split_score(evaluated: Any, metric: str) -> tuple[float, dict[str, Any]]:
         score = float(evaluated)
     except (TypeError, ValueError):
         raise ScoreError(f"evaluate() returned {evaluated!r}, not a number") from None
-    if isinstance(evaluated, bool) or not math.isfinite(score):
+    if isinstance(evaluated, bool):
+        raise ScoreError(f"evaluate() returned {evaluated!r}, not a number")
+    if not math.isfinite(score) and not nonfinite:
         raise ScoreError(f"evaluate() returned {evaluated!r}, not a finite number")
     return score, metrics
 
@@ -175,16 +187,21 @@ class Worker:
                              f"longer than its {self.config.lease_seconds:g} s lease ({e})") from None
 
     def _loop(self, stop: threading.Event, poll: float) -> WorkerStats:
-        idle = 0.05
+        idle, idle_since = 0.05, None
         while not stop.is_set():
             task = self.store.claim(self.experiment.id, self.name, self.device)
             if task is None:
                 if self.store.progress(self.experiment.id).finished:
                     break
+                now = time.monotonic()
+                idle_since = idle_since or now
+                if now - idle_since >= SETTLE_AFTER:  # a decision nobody took (its reporter died)?
+                    checkpoints.delete(self.store.settle(self.experiment.id, self.spec.explore).garbage)
+                    idle_since = now
                 stop.wait(idle)  # others are training the rest (sync: the generation)
                 idle = min(idle * 2, poll)
                 continue
-            idle = 0.05
+            idle, idle_since = 0.05, None
             self.train_one(task)
         return self.stats
 
@@ -227,7 +244,7 @@ class Worker:
     def _train(self, task: Task) -> tuple[float, dict, checkpoints.Written]:
         global _current
         spec, hparams, device = self.spec, dict(task.hparams), self.device
-        seed = seed_for(self.config.seed, task.member, task.interval)
+        seed = seed_for(self.config.seed, task.member, task.interval, task.attempts, task.replacements)
         _current = Trial(self.experiment.name, task.member, task.interval, device, seed)
         seed_everything(seed)
         state = spec.build(hparams, device)
@@ -242,7 +259,8 @@ class Worker:
             if spec.apply is not None:
                 spec.apply(state, hparams)
         extra = spec.train(state, hparams, task.interval, device)
-        score, metrics = split_score(spec.evaluate(state, device), self.config.metric)
+        score, metrics = split_score(spec.evaluate(state, device), self.config.metric,
+                                     nonfinite=self.config.nonfinite == "worst")
         if isinstance(extra, dict):
             metrics = {**{k: _plain(v) for k, v in extra.items()}, **metrics}
         written = self.ckpt_dir.write(task.member, task.interval, task.token, lambda p: spec.save(state, p))

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..experiment import ExperimentConfig
+from ..plan import Hook
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Task states. A task is "train member m for interval k". WAITING: its start (own weights or
 # a donor's, and the hyperparameters) is not decided yet, so nobody may claim it.
@@ -91,13 +92,15 @@ class Task:
     hparams: dict[str, Any]
     start: Checkpoint | None
     token: str
-    attempts: int
+    attempts: int  # failed attempts so far: a retry trains with a fresh seed
+    replacements: int = 0  # restarts from a top member after max_attempts failures
 
 
 @dataclass(frozen=True)
 class Result:
     """What a worker reports after one interval. ``data`` holds the checkpoint's bytes when
-    the experiment keeps checkpoints in the database (``--checkpoints db``)."""
+    the experiment keeps checkpoints in the database (``--checkpoints db``). A ``score`` that
+    is NaN or infinite is recorded as the worst score (stored as NULL)."""
 
     score: float
     metrics: dict[str, Any]
@@ -109,7 +112,9 @@ class Result:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a report or failure decided, and which checkpoint files are now garbage."""
+    """What a report or failure decided: whether the experiment is finished, the donor the
+    member's next task copies (if that was decided already), and which checkpoint files are
+    now garbage (to unlink after the commit)."""
 
     finished: bool
     exploited_from: int | None = None
@@ -135,6 +140,7 @@ class Row:
     error: str | None
     started_at: float | None
     finished_at: float | None
+    replacements: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,68 +186,120 @@ class Progress:
 class Store(abc.ABC):
     """Where experiments, tasks, results and checkpoint references live.
 
-    Contract (every implementation, every backend):
+    Contract (every implementation, every backend; ``tests/test_store.py`` checks it on each):
 
     - ``claim`` hands a pending task, or one whose lease expired by the *database's* clock,
       to exactly one caller, with a fresh lease token; the member furthest behind goes first.
+      A ``waiting`` task (its start not decided yet) is never handed out.
     - ``heartbeat``, ``report``, ``fail`` and ``release`` are compare-and-set on the task id,
       the ``running`` state and the token: a caller whose lease was taken over gets
       ``LeaseLost`` (or False) and changes nothing.
-    - ``report`` records the result exactly once per (experiment, member, interval), decides
-      exploit/explore for what comes next from a snapshot taken in the same transaction, and
-      creates the next task(s), all atomically.
-    - ``fail`` retries a task up to ``max_attempts`` times, then replaces the member by
-      exploiting a top member; a task replaced ``max_attempts`` times ends ``failed``, so a run
-      never hangs on a member that cannot train.
-    - A checkpoint is live while a task not yet done starts from it or it is a final
-      interval's result; ``report`` and ``fail`` return the paths that stopped being live,
-      which the caller deletes only after the commit.
+    - ``report`` records the result exactly once per (experiment, member, interval) and creates
+      the member's next task, waiting for its exploit decision (or claimable at once when no
+      exploit is possible then). ``fail`` retries a task up to ``max_attempts`` times, then
+      lets it wait for a replacement.
+    - Decisions (``popbt.plan``) are taken from a snapshot of the population read under the
+      lock, planned outside it (user hooks, PB2), and applied only if the population's version
+      has not moved (else re-planned). ``report``, ``fail`` and ``settle`` do it; any caller may.
+    - Members are compared at matched age, failing and given-up members are never ranked or
+      copied, and every model's age is exact (``docs/strategies.md``).
+    - A checkpoint is live while a task not yet done starts from it, it is a member's latest
+      result, or a decision may still copy it; calls that change that return the paths that
+      stopped being live, which the caller deletes only after the commit.
+
+    Every method raises ``StoreError`` when the database stays unreachable for longer than
+    the store's patience; the others it raises are listed per method.
     """
 
+    # -- experiments --------------------------------------------------------------------
+
     @abc.abstractmethod
-    def create_experiment(self, config: ExperimentConfig, checkpoint_dir: str) -> Experiment: ...
+    def create_experiment(self, config: ExperimentConfig, checkpoint_dir: str) -> Experiment:
+        """Create the experiment and its first interval's tasks (the seeded initial draws).
+
+        Raises: ConfigError if an experiment of that name exists."""
 
     @abc.abstractmethod
     def experiment(self, name: str) -> Experiment:
-        """The experiment called ``name``; ``latest`` is the one created last."""
+        """The experiment called ``name``; ``latest`` is the one created last.
+
+        Raises: NotFound."""
 
     @abc.abstractmethod
-    def experiments(self) -> list[Experiment]: ...
+    def experiment_by_id(self, experiment_id: int) -> Experiment:
+        """The experiment with this id (as ``Experiment.id`` gave it)."""
 
     @abc.abstractmethod
-    def claim(self, experiment_id: int, worker: str, device: str) -> Task | None: ...
+    def experiments(self) -> list[Experiment]:
+        """Every experiment, oldest first."""
 
     @abc.abstractmethod
-    def heartbeat(self, task: Task) -> bool: ...
+    def config(self, experiment_id: int) -> ExperimentConfig:
+        """The experiment's settings (cached: they never change once it exists)."""
+
+    # -- the queue ------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def report(self, task: Task, result: Result, explore: Callable | None = None) -> Outcome:
-        """``explore`` is the spec's own ``explore(hparams, rng)`` hook, when it has one."""
+    def claim(self, experiment_id: int, worker: str, device: str) -> Task | None:
+        """A task leased to ``worker``, or None when nothing is claimable right now."""
 
     @abc.abstractmethod
-    def fail(self, task: Task, message: str, explore: Callable | None = None) -> Outcome: ...
+    def heartbeat(self, task: Task) -> bool:
+        """Renew the lease; False if it was taken over."""
 
     @abc.abstractmethod
-    def release(self, task: Task) -> bool: ...
+    def report(self, task: Task, result: Result, explore: Hook | None = None) -> Outcome:
+        """Record ``result`` and decide what waits on it. ``explore`` is the spec's own
+        ``explore(hparams, rng)`` hook, run outside any lock by the plan.
+
+        Raises: LeaseLost if the lease was taken over; Rejected if the database refuses a value."""
 
     @abc.abstractmethod
-    def mark_corrupt(self, checkpoint: Checkpoint, message: str) -> None: ...
+    def fail(self, task: Task, message: str, explore: Hook | None = None) -> Outcome:
+        """Record a failed attempt; retry, or replace the member (see the contract).
+
+        Raises: LeaseLost if the lease was taken over."""
 
     @abc.abstractmethod
-    def progress(self, experiment_id: int) -> Progress: ...
+    def settle(self, experiment_id: int, explore: Hook | None = None) -> Outcome:
+        """Decide every waiting task that can be decided now (idempotent)."""
 
     @abc.abstractmethod
-    def history(self, experiment_id: int) -> list[Row]: ...
+    def release(self, task: Task) -> bool:
+        """Hand the task back untouched (a worker that stops); False if the lease was lost."""
 
     @abc.abstractmethod
-    def events(self, experiment_id: int, limit: int = 20) -> list[Event]: ...
+    def mark_corrupt(self, checkpoint: Checkpoint, message: str) -> None:
+        """Record that a checkpoint's bytes do not match: it is never loaded or copied again."""
+
+    # -- reading --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def progress(self, experiment_id: int) -> Progress:
+        """Counts of tasks by state, the best score so far, whether the run is finished."""
+
+    @abc.abstractmethod
+    def history(self, experiment_id: int) -> list[Row]:
+        """Every (member, interval) row, ordered by interval then member."""
+
+    @abc.abstractmethod
+    def exploits(self, experiment_id: int) -> list[Exploit]:
+        """Every recorded copy, in the order they were decided."""
+
+    @abc.abstractmethod
+    def events(self, experiment_id: int, limit: int = 20) -> list[Event]:
+        """The latest ``limit`` events (failures, replacements, expired leases), oldest first."""
 
     @abc.abstractmethod
     def checkpoint_data(self, checkpoint: Checkpoint) -> bytes:
-        """The bytes of a checkpoint kept in the database."""
+        """The bytes of a checkpoint kept in the database.
+
+        Raises: StoreError if it has none (its experiment keeps checkpoints in files)."""
 
     @abc.abstractmethod
-    def live_checkpoints(self, experiment_id: int) -> list[Checkpoint]: ...
+    def live_checkpoints(self, experiment_id: int) -> list[Checkpoint]:
+        """The checkpoints still referenced, oldest first."""
 
     @abc.abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the connections."""

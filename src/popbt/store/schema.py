@@ -38,9 +38,11 @@ experiments = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False, unique=True),
     Column("config", JSON, nullable=False),
-    Column("status", String(16), nullable=False),  # running | finished
+    Column("status", String(16), nullable=False),  # ExperimentStatus
     Column("checkpoint_dir", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+    # bumped by every change a decision depends on: a plan made from an older snapshot is refused
+    Column("version", Integer, nullable=False, server_default="0"),
 )
 
 checkpoints = Table(
@@ -53,7 +55,7 @@ checkpoints = Table(
     Column("path", Text, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("size", Integer, nullable=False),
-    Column("state", String(16), nullable=False),  # live | deleted | corrupt
+    Column("state", String(16), nullable=False),  # CheckpointState
     Column("data", LargeBinary, nullable=True),  # bytes, when checkpoints live in the database
     Column("created_at", Float, nullable=False),
     Index("popbt_checkpoints_live", "experiment_id", "state"),
@@ -66,7 +68,7 @@ tasks = Table(
     Column("experiment_id", Integer, ForeignKey("popbt_experiments.id"), nullable=False),
     Column("member", Integer, nullable=False),
     Column("interval", Integer, nullable=False),
-    Column("state", String(16), nullable=False),  # pending | running | done | failed
+    Column("state", String(16), nullable=False),  # waiting | pending | running | done | failed
     Column("hparams", JSON, nullable=False),
     Column("start_checkpoint_id", Integer, ForeignKey("popbt_checkpoints.id"), nullable=True),
     Column("lease_token", String(32), nullable=True),
@@ -75,7 +77,7 @@ tasks = Table(
     Column("device", Text, nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
     Column("replacements", Integer, nullable=False, default=0),
-    Column("score", Float, nullable=True),
+    Column("score", Float, nullable=True),  # NULL once done: evaluate() returned NaN or an infinity
     Column("metrics", JSON, nullable=True),
     Column("result_checkpoint_id", Integer, ForeignKey("popbt_checkpoints.id"), nullable=True),
     Column("error", Text, nullable=True),
@@ -94,7 +96,7 @@ exploits = Table(
     Column("interval", Integer, nullable=False),  # the interval the member trains next
     Column("donor", Integer, nullable=False),
     Column("donor_interval", Integer, nullable=False),
-    Column("score", Float, nullable=True),
+    Column("score", Float, nullable=True),  # NULL once done: evaluate() returned NaN or an infinity
     Column("donor_score", Float, nullable=True),
     Column("hparams_before", JSON, nullable=False),
     Column("hparams_after", JSON, nullable=False),

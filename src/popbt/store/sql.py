@@ -8,6 +8,7 @@ rows instead of waiting. Everything else is the same SQL.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Any, Callable, Iterable, TypeVar
@@ -16,16 +17,21 @@ from sqlalchemy import and_, create_engine, event, func, insert, or_, select, up
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError, SQLAlchemyError
 
+from .. import plan as planning
 from .. import strategy
 from ..experiment import ConfigError, ExperimentConfig
+from ..plan import Hook, Snapshot
+from . import population as pop
 from . import schema as s
-from .decide import Hook, collect_garbage, maybe_finish, record_event, replace, schedule
 from .base import (
     DONE,
     FAILED,
     PENDING,
     RUNNING,
     SCHEMA_VERSION,
+    WAITING,
+    CheckpointState,
+    ExperimentStatus,
     Checkpoint,
     Event,
     Experiment,
@@ -43,6 +49,8 @@ from .base import (
 )
 
 T = TypeVar("T")
+
+REPLANS = 5  # plans refused because the population moved, before leaving it to the next change
 
 
 def mask_url(url: str) -> str:
@@ -91,7 +99,9 @@ def _sqlite_engine(url) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # a writer takes sqlite's write lock at once, so its reads and writes are one step;
+        # a reader only pins a snapshot (WAL) and never blocks anyone
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("popbt_read") else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -113,9 +123,10 @@ class SQLStore(Store):
 
     # -- plumbing -------------------------------------------------------------------
 
-    def _run(self, fn: Callable[[Connection], T]) -> T:
+    def _run(self, fn: Callable[[Connection], T], read: bool = False) -> T:
         """Run ``fn`` in one transaction; retry a lost connection or a locked database with
         bounded backoff for up to ``patience`` seconds, then give up with StoreError.
+        ``read``: ``fn`` only reads, so on sqlite it takes no write lock.
 
         A retried transaction is safe: each one is a compare-and-set, so one that committed
         before its connection dropped is refused (LeaseLost) rather than applied twice.
@@ -124,8 +135,11 @@ class SQLStore(Store):
         delay = 0.1
         while True:
             try:
-                with self.engine.begin() as conn:
-                    return fn(conn)
+                with self.engine.connect() as conn:
+                    if read:
+                        conn.execution_options(popbt_read=True)
+                    with conn.begin():
+                        return fn(conn)
             except DataError as e:
                 raise Rejected(f"the database refused the data: {_first_line(e)}") from None
             except OperationalError as e:
@@ -141,6 +155,9 @@ class SQLStore(Store):
         row = conn.execute(select(s.meta.c.value).where(s.meta.c.key == "schema_version")).first()
         if row is None:
             conn.execute(insert(s.meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+        elif row.value == "1":  # 0.1: add the population's version; its experiments resume as they are
+            conn.exec_driver_sql("ALTER TABLE popbt_experiments ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+            conn.execute(update(s.meta).where(s.meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         elif row.value != str(SCHEMA_VERSION):
             raise StoreError(
                 f"database {mask_url(self.url)} has popbt schema version {row.value}; "
@@ -153,7 +170,7 @@ class SQLStore(Store):
     def config(self, experiment_id: int) -> ExperimentConfig:
         if experiment_id not in self._configs:
             row = self._run(lambda c: c.execute(
-                select(s.experiments.c.config).where(s.experiments.c.id == experiment_id)).one())
+                select(s.experiments.c.config).where(s.experiments.c.id == experiment_id)).one(), read=True)
             self._configs[experiment_id] = ExperimentConfig.from_json(row.config)
         return self._configs[experiment_id]
 
@@ -166,7 +183,7 @@ class SQLStore(Store):
             now = _now(conn)
             try:
                 exp_id = conn.execute(insert(s.experiments).values(
-                    name=config.name, config=config.to_json(), status="running",
+                    name=config.name, config=config.to_json(), status=ExperimentStatus.RUNNING,
                     checkpoint_dir=checkpoint_dir, created_at=now,
                 ).returning(s.experiments.c.id)).scalar_one()
             except IntegrityError:
@@ -182,7 +199,7 @@ class SQLStore(Store):
 
     def experiment_by_id(self, experiment_id: int) -> Experiment:
         row = self._run(lambda c: c.execute(
-            select(s.experiments).where(s.experiments.c.id == experiment_id)).first())
+            select(s.experiments).where(s.experiments.c.id == experiment_id)).first(), read=True)
         return _experiment(row)
 
     def experiment(self, name: str) -> Experiment:
@@ -191,13 +208,13 @@ class SQLStore(Store):
             query = query.order_by(s.experiments.c.id.desc()).limit(1)
         else:
             query = query.where(s.experiments.c.name == name)
-        row = self._run(lambda c: c.execute(query).first())
+        row = self._run(lambda c: c.execute(query).first(), read=True)
         if row is None:
             raise NotFound("no experiments yet" if name == "latest" else f"no experiment named {name!r}")
         return _experiment(row)
 
     def experiments(self) -> list[Experiment]:
-        rows = self._run(lambda c: c.execute(select(s.experiments).order_by(s.experiments.c.id)).all())
+        rows = self._run(lambda c: c.execute(select(s.experiments).order_by(s.experiments.c.id)).all(), read=True)
         return [_experiment(r) for r in rows]
 
     # -- the queue --------------------------------------------------------------------
@@ -226,16 +243,17 @@ class SQLStore(Store):
                     # a lease that expired is an attempt that died: count it, so an interval
                     # that kills every worker is replaced, not retried forever
                     attempts=t.c.attempts + (1 if cand.state == RUNNING else 0),
-                ).returning(t.c.member, t.c.interval, t.c.hparams, t.c.start_checkpoint_id, t.c.attempts)
+                ).returning(t.c.member, t.c.interval, t.c.hparams, t.c.start_checkpoint_id, t.c.attempts,
+                            t.c.replacements)
             ).first()
             if claimed is None:
                 return None
             if cand.state == RUNNING:
-                record_event(conn, experiment_id, cand.member, cand.interval, "lease_expired",
-                       f"lease of {cand.worker} expired; {worker} takes over", worker, now)
+                pop.record_event(conn, experiment_id, cand.member, cand.interval, "lease_expired",
+                                 f"lease of {cand.worker} expired; {worker} takes over", worker, now)
             start = _checkpoint(conn, claimed.start_checkpoint_id)
             return Task(cand.id, experiment_id, claimed.member, claimed.interval,
-                        dict(claimed.hparams), start, token, claimed.attempts)
+                        dict(claimed.hparams), start, token, claimed.attempts, claimed.replacements)
 
         return self._run(tx)
 
@@ -258,66 +276,115 @@ class SQLStore(Store):
         return self._run(tx)
 
     def report(self, task: Task, result: Result, explore: Hook | None = None) -> Outcome:
-        """``explore``: the spec's explore(hparams, rng) hook, used for an exploit this report
-        decides (the store runs in the reporting worker, the only place user code lives)."""
+        """Record the result, then decide what waits on it (see ``settle``). ``explore``: the
+        spec's explore(hparams, rng) hook, run by the plan in this (the reporting) process."""
         cfg = self.config(task.experiment_id)
+        finite = math.isfinite(result.score)
+        nxt = task.interval + 1
 
-        def tx(conn: Connection) -> Outcome:
-            _serialize(conn, task.experiment_id)
+        def tx(conn: Connection) -> tuple[Snapshot, list[str], bool]:
+            pop.bump(conn, task.experiment_id)
             now = _now(conn)
             ckpt_id = conn.execute(insert(s.checkpoints).values(
                 experiment_id=task.experiment_id, member=task.member, interval=task.interval,
-                path=result.path, sha256=result.sha256, size=result.size, state="live",
+                path=result.path, sha256=result.sha256, size=result.size, state=CheckpointState.LIVE,
                 data=result.data, created_at=now,
             ).returning(s.checkpoints.c.id)).scalar_one()
+            note = None if finite else f"evaluate() returned {result.score!r}: counted as the worst score"
             done = conn.execute(update(s.tasks).where(*_fence(task)).values(
-                state=DONE, score=result.score, metrics=result.metrics,
-                result_checkpoint_id=ckpt_id, finished_at=now, error=None,
+                state=DONE, score=result.score if finite else None, metrics=result.metrics,
+                result_checkpoint_id=ckpt_id, finished_at=now, error=note,
             ))
             if done.rowcount != 1:
                 if _already_reported(conn, task, result):
                     raise _AlreadyReported  # rolls this retry back; the first attempt stands
                 raise LeaseLost(f"member {task.member} interval {task.interval}: lease was taken over")
-            donor = schedule(conn, cfg, task.experiment_id, task.member, task.interval, now, explore)
-            return Outcome(maybe_finish(conn, task.experiment_id), donor,
-                           collect_garbage(conn, task.experiment_id))
+            if note:
+                pop.record_event(conn, task.experiment_id, task.member, task.interval, "nonfinite", note, None, now)
+            if nxt < cfg.intervals:
+                state = WAITING if planning.needs_decision(cfg, nxt, finite) else PENDING
+                pop.add_task(conn, task.experiment_id, task.member, nxt, dict(task.hparams), ckpt_id, state)
+            return (pop.read_snapshot(conn, cfg, task.experiment_id), pop.collect_garbage(conn, task.experiment_id),
+                    pop.maybe_finish(conn, task.experiment_id))
 
         try:
-            return self._run(tx)
+            snapshot, garbage, finished = self._run(tx)
         except _AlreadyReported:
             return Outcome(self.progress(task.experiment_id).finished)
+        return self._settle(task.experiment_id, snapshot, explore, finished, garbage, [(task.member, nxt)])
 
     def fail(self, task: Task, message: str, explore: Hook | None = None) -> Outcome:
+        """Retry the task, or once it failed ``max_attempts`` times (or starts from a corrupt
+        checkpoint), let it wait for a replacement, decided like any other plan."""
         cfg = self.config(task.experiment_id)
         t = s.tasks
 
-        def tx(conn: Connection) -> Outcome:
-            _serialize(conn, task.experiment_id)
+        def tx(conn: Connection) -> tuple[Snapshot | None, list[str], bool]:
             now = _now(conn)
             row = conn.execute(update(t).where(*_fence(task)).values(
                 state=PENDING, lease_token=None, lease_expires=None, error=message,
                 attempts=t.c.attempts + 1, finished_at=now,
-            ).returning(t.c.attempts, t.c.replacements, t.c.hparams)).first()
+            ).returning(t.c.attempts)).first()
             if row is None:
                 raise LeaseLost(f"member {task.member} interval {task.interval}: lease was taken over")
-            record_event(conn, task.experiment_id, task.member, task.interval, "failure",
-                   f"attempt {row.attempts}/{cfg.max_attempts}: {message}", None, now)
-            donor = None
-            if row.attempts >= cfg.max_attempts or _starts_from_corrupt(conn, task):
-                donor = replace(conn, cfg, task, row.replacements, dict(row.hparams), now, explore)
-            return Outcome(maybe_finish(conn, task.experiment_id), donor,
-                           collect_garbage(conn, task.experiment_id))
+            pop.record_event(conn, task.experiment_id, task.member, task.interval, "failure",
+                             f"attempt {row.attempts}/{cfg.max_attempts}: {message}", None, now)
+            if row.attempts < cfg.max_attempts and not _starts_from_corrupt(conn, task):
+                return None, [], False  # a plain retry, with a fresh seed: no decision depends on it
+            pop.bump(conn, task.experiment_id)
+            conn.execute(update(t).where(t.c.id == task.id).values(state=WAITING))
+            return pop.read_snapshot(conn, cfg, task.experiment_id), [], False
 
-        return self._run(tx)
+        snapshot, garbage, finished = self._run(tx)
+        if snapshot is None:
+            return Outcome(False)
+        return self._settle(task.experiment_id, snapshot, explore, finished, garbage, [(task.member, task.interval)])
+
+    def settle(self, experiment_id: int, explore: Hook | None = None) -> Outcome:
+        """Decide every waiting task that can be decided now. Reports and failures do this
+        themselves; an idle worker calls it too, so decisions left by a worker that died
+        between its report and its decision are taken anyway."""
+        cfg = self.config(experiment_id)
+        snapshot = self._run(lambda conn: pop.read_snapshot(conn, cfg, experiment_id), read=True)
+        return self._settle(experiment_id, snapshot, explore, False, [], [])
+
+    def _settle(self, exp_id: int, snapshot: Snapshot, explore: Hook | None, finished: bool,
+                garbage: list[str], mine: list[tuple[int, int]]) -> Outcome:
+        """Plan outside any lock, apply with a compare-and-set on the version; when another
+        change landed meanwhile, read the new snapshot and plan again (a few times: whoever
+        changed the population settles it too)."""
+        donor = None
+        for _ in range(REPLANS):
+            decided = planning.plan(snapshot, explore)
+            if not decided:
+                break
+
+            def tx(conn: Connection) -> tuple[bool, list[str], bool]:
+                if not pop.apply(conn, exp_id, decided, _now(conn)):
+                    return False, [], False
+                return True, pop.collect_garbage(conn, exp_id), pop.maybe_finish(conn, exp_id)
+
+            try:
+                applied, dead, done = self._run(tx)
+            except pop.Conflict:
+                applied, dead, done = False, [], False
+            if applied:
+                donor = pop.donor_of(decided, mine) if donor is None else donor
+                garbage, finished = garbage + dead, finished or done
+                break
+            cfg = self.config(exp_id)
+            snapshot = self._run(lambda conn: pop.read_snapshot(conn, cfg, exp_id), read=True)
+        return Outcome(finished, donor, garbage)
 
     def mark_corrupt(self, checkpoint: Checkpoint, message: str) -> None:
         def tx(conn: Connection) -> None:
             conn.execute(update(s.checkpoints).where(s.checkpoints.c.id == checkpoint.id)
-                         .values(state="corrupt"))
+                         .values(state=CheckpointState.CORRUPT))
             exp_id = conn.execute(select(s.checkpoints.c.experiment_id)
                                   .where(s.checkpoints.c.id == checkpoint.id)).scalar_one()
-            record_event(conn, exp_id, checkpoint.member, checkpoint.interval, "corrupt_checkpoint",
-                   message, None, _now(conn))
+            pop.bump(conn, exp_id)  # it can no longer be copied: a pending plan may have chosen it
+            pop.record_event(conn, exp_id, checkpoint.member, checkpoint.interval, "corrupt_checkpoint",
+                             message, None, _now(conn))
 
         self._run(tx)
 
@@ -332,14 +399,15 @@ class SQLStore(Store):
                 t.c.experiment_id == experiment_id).group_by(t.c.state)).all())
             order = t.c.score.desc() if cfg.mode == "max" else t.c.score.asc()
             best = conn.execute(select(t.c.member, t.c.score).where(
-                t.c.experiment_id == experiment_id, t.c.state == DONE).order_by(order, t.c.member).limit(1)).first()
+                t.c.experiment_id == experiment_id, t.c.state == DONE, t.c.score.is_not(None))
+                .order_by(order, t.c.member).limit(1)).first()
             status = conn.execute(select(s.experiments.c.status).where(
                 s.experiments.c.id == experiment_id)).scalar_one()
             return Progress(cfg.population * cfg.intervals, counts.get(DONE, 0), counts.get(FAILED, 0),
                             counts.get(RUNNING, 0), best.member if best else None,
-                            best.score if best else None, status == "finished")
+                            best.score if best else None, status == ExperimentStatus.FINISHED)
 
-        return self._run(tx)
+        return self._run(tx, read=True)
 
     def history(self, experiment_id: int) -> list[Row]:
         t, c = s.tasks, s.checkpoints
@@ -353,28 +421,29 @@ class SQLStore(Store):
             .where(t.c.experiment_id == experiment_id)
             .order_by(t.c.interval, t.c.member)
         )
-        rows = self._run(lambda conn: conn.execute(query).all())
+        rows = self._run(lambda conn: conn.execute(query).all(), read=True)
         return [Row(r.member, r.interval, r.state, r.score, dict(r.metrics or {}), dict(r.hparams),
                     r.parent, r.parent_interval, r.result_path, r.worker, r.device, r.attempts,
-                    r.error, r.started_at, r.finished_at) for r in rows]
+                    r.error, r.started_at, r.finished_at, r.replacements) for r in rows]
 
     def events(self, experiment_id: int, limit: int = 20) -> list[Event]:
         e = s.events
         rows = self._run(lambda conn: conn.execute(
-            select(e).where(e.c.experiment_id == experiment_id).order_by(e.c.id.desc()).limit(limit)).all())
+            select(e).where(e.c.experiment_id == experiment_id).order_by(e.c.id.desc()).limit(limit)).all(), read=True)
         return [Event(r.member, r.interval, r.kind, r.message, r.created_at) for r in reversed(rows)]
 
     def exploits(self, experiment_id: int) -> list[Exploit]:
         x = s.exploits
         rows = self._run(lambda conn: conn.execute(
-            select(x).where(x.c.experiment_id == experiment_id).order_by(x.c.id)).all())
+            select(x).where(x.c.experiment_id == experiment_id).order_by(x.c.id)).all(), read=True)
         return [Exploit(r.member, r.interval, r.donor, r.donor_interval, r.score, r.donor_score,
                         dict(r.hparams_before), dict(r.hparams_after), dict(r.changes), r.reason,
                         r.created_at) for r in rows]
 
     def checkpoint_data(self, checkpoint: Checkpoint) -> bytes:
         c = s.checkpoints
-        data = self._run(lambda conn: conn.execute(select(c.c.data).where(c.c.id == checkpoint.id)).scalar_one())
+        data = self._run(lambda conn: conn.execute(select(c.c.data).where(c.c.id == checkpoint.id)).scalar_one(),
+                         read=True)
         if data is None:
             raise StoreError(f"checkpoint {checkpoint.path} has no bytes in the database")
         return bytes(data)
@@ -382,19 +451,12 @@ class SQLStore(Store):
     def live_checkpoints(self, experiment_id: int) -> list[Checkpoint]:
         c = s.checkpoints
         rows = self._run(lambda conn: conn.execute(
-            select(c).where(c.c.experiment_id == experiment_id, c.c.state == "live").order_by(c.c.id)).all())
+            select(c).where(c.c.experiment_id == experiment_id, c.c.state == CheckpointState.LIVE)
+            .order_by(c.c.id)).all(), read=True)
         return [Checkpoint(r.id, r.member, r.interval, r.path, r.sha256, r.size) for r in rows]
 
 
 # -- helpers over a connection ---------------------------------------------------------
-
-def _serialize(conn: Connection, exp_id: int) -> None:
-    """Take the experiment's row lock: reports and failures of one experiment decide one at a
-    time, each seeing the others' results (PostgreSQL's READ COMMITTED would otherwise let two
-    reports each miss the other, e.g. both finishing a generation and neither starting the
-    next). On sqlite, BEGIN IMMEDIATE already serialises writers and FOR UPDATE is omitted."""
-    conn.execute(select(s.experiments.c.id).where(s.experiments.c.id == exp_id).with_for_update())
-
 
 class _AlreadyReported(Exception):
     """A retried report whose first attempt committed before its connection dropped."""
@@ -413,7 +475,7 @@ def _starts_from_corrupt(conn: Connection, task: Task) -> bool:
     if task.start is None:
         return False
     state = conn.execute(select(s.checkpoints.c.state).where(s.checkpoints.c.id == task.start.id)).scalar()
-    return state == "corrupt"
+    return state == CheckpointState.CORRUPT
 
 
 def _fence(task: Task) -> Iterable:

@@ -1,0 +1,207 @@
+"""The SQL edges of a decision: read a population snapshot, apply a plan, collect garbage.
+
+``popbt.plan`` decides, purely; this module only reads what it needs and writes what it
+decided. ``apply`` is a compare-and-set on the experiment's ``version``: a plan made from a
+snapshot that is no longer current is refused (the caller reads a new one and plans again).
+Nothing here commits: SQLStore runs these inside its transactions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from .. import pb2
+from ..experiment import ExperimentConfig
+from ..plan import Plan, Result, Snapshot, Waiting
+from ..strategy import Trained
+from . import schema as s
+from .base import ACTIVE, DONE, FAILED, IN_DATABASE, PENDING, RUNNING, WAITING, CheckpointState, ExperimentStatus
+
+
+def bump(conn: Connection, exp_id: int) -> None:
+    """Mark the population as changed. On PostgreSQL this also takes the experiment's row lock
+    until the commit, so changes of one experiment are serialised (READ COMMITTED would
+    otherwise let two reports each miss the other's result)."""
+    conn.execute(update(s.experiments).where(s.experiments.c.id == exp_id)
+                 .values(version=s.experiments.c.version + 1))
+
+
+def read_snapshot(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> Snapshot:
+    """What a plan may read. The version is read first: whatever changes after it also moves
+    the version, so a plan made from a mixed read is refused when applied."""
+    t = s.tasks
+    version = conn.execute(select(s.experiments.c.version).where(s.experiments.c.id == exp_id)).scalar_one()
+    waiting = [Waiting(r.id, r.member, r.interval, dict(r.hparams), r.start_checkpoint_id, r.attempts, r.replacements)
+               for r in conn.execute(
+                   select(t.c.id, t.c.member, t.c.interval, t.c.hparams, t.c.start_checkpoint_id, t.c.attempts,
+                          t.c.replacements)
+                   .where(t.c.experiment_id == exp_id, t.c.state == WAITING).order_by(t.c.interval, t.c.member))]
+    if not waiting:
+        return Snapshot(version, cfg, (), {})
+    ages = sorted({w.interval - 1 for w in waiting if w.interval > 0})
+    given_up = dict(conn.execute(select(t.c.member, func.min(t.c.interval)).where(
+        t.c.experiment_id == exp_id, t.c.state == FAILED).group_by(t.c.member)).all())
+    return Snapshot(version, cfg, waiting, _results(conn, exp_id, ages), given_up,
+                    _trained(conn, cfg, exp_id, ages), _busy(conn, cfg, exp_id))
+
+
+def _results(conn: Connection, exp_id: int, ages: list[int]) -> dict[tuple[int, int], Result]:
+    """Every result of the intervals the waiting tasks compare."""
+    if not ages:
+        return {}
+    t, c = s.tasks, s.checkpoints
+    rows = conn.execute(
+        select(t.c.member, t.c.interval, t.c.score, t.c.hparams, t.c.result_checkpoint_id, c.c.state)
+        .join(c, c.c.id == t.c.result_checkpoint_id)
+        .where(t.c.experiment_id == exp_id, t.c.state == DONE, t.c.interval.in_(ages)))
+    return {(r.member, r.interval): Result(r.member, r.interval, r.score, dict(r.hparams), r.result_checkpoint_id,
+                                           r.state != CheckpointState.CORRUPT) for r in rows}
+
+
+def _trained(conn: Connection, cfg: ExperimentConfig, exp_id: int, ages: list[int]) -> list[Trained]:
+    """Recent completed intervals with their lineage, for the rules that need them: the t-test
+    (the last ``ttest_window`` scores of each model) and PB2 (its window of recent data).
+    Ages are exact, so a lineage of n scores spans exactly n intervals."""
+    if not ages:
+        return []
+    lows = []
+    if cfg.exploits and cfg.exploit == "ttest":
+        lows.append(ages[0] - cfg.ttest_window)
+    if cfg.explore == "pb2":
+        lows.append(ages[-1] - math.ceil(pb2.WINDOW / cfg.population) - 1)
+    if not lows:
+        return []
+    t = s.tasks
+    rows = conn.execute(
+        select(t.c.member, t.c.interval, t.c.score, t.c.hparams, t.c.start_checkpoint_id, t.c.result_checkpoint_id)
+        .where(t.c.experiment_id == exp_id, t.c.state == DONE, t.c.interval >= min(lows))
+        .order_by(t.c.interval, t.c.member))
+    return [Trained(r.member, r.interval, r.score, dict(r.hparams), r.start_checkpoint_id, r.result_checkpoint_id)
+            for r in rows]
+
+
+def _busy(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> list[pb2.Busy]:
+    """PB2: the configurations being trained now, with the score of the checkpoint each
+    started from (its context)."""
+    if cfg.explore != "pb2":
+        return []
+    t, c = s.tasks, s.checkpoints
+    parent = t.alias("parent")
+    rows = conn.execute(
+        select(t.c.hparams, parent.c.score)
+        .select_from(t.outerjoin(c, c.c.id == t.c.start_checkpoint_id)
+                     .outerjoin(parent, and_(parent.c.experiment_id == t.c.experiment_id,
+                                             parent.c.member == c.c.member, parent.c.interval == c.c.interval)))
+        .where(t.c.experiment_id == exp_id, t.c.state.in_((PENDING, RUNNING))).order_by(t.c.interval, t.c.member))
+    sign = 1.0 if cfg.mode == "max" else -1.0
+    return [pb2.Busy(dict(r.hparams), None if r.score is None else sign * r.score) for r in rows]
+
+
+class Conflict(Exception):
+    """A task the plan decides is no longer waiting: the plan is stale."""
+
+
+def apply(conn: Connection, exp_id: int, plan: Plan, now: float) -> bool:
+    """Write ``plan`` if the population is still at ``plan.version``; False (nothing written)
+    if it moved on. Raises Conflict if a decided task changed anyway (the caller rolls back)."""
+    e, t = s.experiments, s.tasks
+    moved = conn.execute(update(e).where(e.c.id == exp_id, e.c.version == plan.version)
+                         .values(version=e.c.version + 1)).rowcount != 1
+    if moved:
+        return False
+    for d in plan.decisions:
+        values = dict(state=FAILED) if d.give_up else dict(
+            state=PENDING, hparams=dict(d.hparams), start_checkpoint_id=d.start, replacements=d.replacements,
+            attempts=0)
+        if conn.execute(update(t).where(t.c.id == d.task, t.c.state == WAITING).values(**values)).rowcount != 1:
+            raise Conflict(f"task {d.task} is no longer waiting")
+        if d.copy is not None:
+            x = d.copy
+            conn.execute(insert(s.exploits).values(
+                experiment_id=exp_id, member=d.member, interval=d.interval, donor=x.donor,
+                donor_interval=x.donor_interval, score=x.score, donor_score=x.donor_score,
+                hparams_before=dict(x.hparams_before), hparams_after=dict(x.hparams_after),
+                changes=dict(x.changes), reason=x.reason, created_at=now))
+    for note in plan.notes:
+        record_event(conn, exp_id, note.member, note.interval, note.kind, note.message, None, now)
+    return True
+
+
+def collect_garbage(conn: Connection, exp_id: int) -> list[str]:
+    """Mark checkpoints no longer live as deleted; return their paths for the caller to unlink.
+
+    Live: the start of a task not yet done; each member's latest result (the final models, and
+    what a member keeps training); and every result of the intervals a decision may still
+    copy from, i.e. from the interval before the oldest incomplete one on (a donor must be of
+    the copier's age). That window spans the population's spread in age, a few intervals, so
+    disk use stays at a few checkpoints per member.
+    """
+    t, c = s.tasks, s.checkpoints
+    latest = _latest_done(exp_id)
+    floor = _oldest_incomplete(conn, exp_id, latest) - 1
+    starts = select(t.c.start_checkpoint_id).where(
+        t.c.experiment_id == exp_id, t.c.state.in_(ACTIVE), t.c.start_checkpoint_id.is_not(None))
+    heads = select(t.c.result_checkpoint_id).join(
+        latest, and_(t.c.member == latest.c.member, t.c.interval == latest.c.interval)).where(
+        t.c.experiment_id == exp_id, t.c.state == DONE)
+    dead = conn.execute(
+        update(c).where(c.c.experiment_id == exp_id,
+                        c.c.state.in_((CheckpointState.LIVE, CheckpointState.CORRUPT)),
+                        c.c.interval < floor, c.c.id.not_in(starts), c.c.id.not_in(heads))
+        .values(state=CheckpointState.DELETED, data=None).returning(c.c.path)
+    ).all()
+    return [r.path for r in dead if not r.path.startswith(IN_DATABASE + ":")]
+
+
+def _latest_done(exp_id: int):
+    """Each member's latest done interval, as a subquery."""
+    t = s.tasks
+    return (select(t.c.member, func.max(t.c.interval).label("interval"))
+            .where(t.c.experiment_id == exp_id, t.c.state == DONE)
+            .group_by(t.c.member).subquery())
+
+
+def _oldest_incomplete(conn: Connection, exp_id: int, latest) -> int:
+    """The lowest interval some member still has to report (members given up excepted)."""
+    t = s.tasks
+    stopped = select(t.c.member).where(t.c.experiment_id == exp_id, t.c.state == FAILED)
+    members = conn.execute(select(func.count(func.distinct(t.c.member))).where(
+        t.c.experiment_id == exp_id, t.c.member.not_in(stopped))).scalar_one()
+    reached = [r.interval for r in conn.execute(select(latest.c.interval).where(latest.c.member.not_in(stopped)))]
+    if len(reached) < members:
+        return 0
+    return min(reached, default=0) + 1
+
+
+def maybe_finish(conn: Connection, exp_id: int) -> bool:
+    """Mark the experiment finished once no task is left to train."""
+    active = conn.execute(select(func.count()).where(
+        s.tasks.c.experiment_id == exp_id, s.tasks.c.state.in_(ACTIVE))).scalar_one()
+    if active:
+        return False
+    conn.execute(update(s.experiments).where(s.experiments.c.id == exp_id)
+                 .values(status=ExperimentStatus.FINISHED))
+    return True
+
+
+def add_task(conn: Connection, exp_id: int, member: int, interval: int, hparams: dict,
+             start_checkpoint_id: int | None, state: str = PENDING) -> None:
+    conn.execute(insert(s.tasks).values(
+        experiment_id=exp_id, member=member, interval=interval, state=state, hparams=hparams,
+        start_checkpoint_id=start_checkpoint_id, attempts=0, replacements=0))
+
+
+def record_event(conn: Connection, exp_id: int, member: int, interval: int, kind: str, message: str,
+                 worker: str | None, now: float) -> None:
+    conn.execute(insert(s.events).values(experiment_id=exp_id, member=member, interval=interval,
+                                         kind=kind, message=message, worker=worker, created_at=now))
+
+
+def donor_of(plan: Plan, decided: Iterable[tuple[int, int]]) -> int | None:
+    """The donor a plan chose for one of the given (member, interval) tasks, if it copies."""
+    wanted = set(decided)
+    return next((d.copy.donor for d in plan.decisions if (d.member, d.interval) in wanted and d.copy), None)
