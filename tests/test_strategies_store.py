@@ -210,7 +210,7 @@ def test_a_spec_may_set_the_explore_rule_by_name(tmp_path):
 
 @pytest.mark.parametrize("sync", [False, True])
 def test_pb2_chooses_numbers_once_there_is_history_and_perturbs_before(store, sync):
-    pytest.importorskip("sklearn")
+    pytest.importorskip("scipy")
     space = {"lr": Uniform(0.0, 1.0), "layers": IntUniform(1, 4)}
     exp = store.create_experiment(config(space=space, intervals=5, sync=sync, explore="pb2"), "/tmp")
     drain(store, exp, score=lambda t: t.member + t.interval * t.hparams["lr"])
@@ -263,7 +263,7 @@ def test_a_rule_whose_optional_package_is_missing_fails_before_anything_is_writt
     (tmp_path / "plain.py").write_text(SPEC)
     spec = load_spec(str(tmp_path / "plain.py"))
     monkeypatch.setattr(experiment.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError, match=r"explore='pb2' needs sklearn: pip install 'popbt\[pb2\]'"):
+    with pytest.raises(ConfigError, match=r"explore='pb2' needs scipy: pip install 'popbt\[pb2\]'"):
         spec.config(explore="pb2")
     with pytest.raises(ConfigError, match="exploit='ttest' needs scipy"):
         spec.config(exploit="ttest")

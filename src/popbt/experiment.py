@@ -260,7 +260,7 @@ def check_installed(config: ExperimentConfig) -> None:
     if config.exploit == "ttest":
         needs.append(("exploit='ttest'", "scipy", "scipy"))
     if config.explore == "pb2":
-        needs.append(("explore='pb2'", "sklearn", "'popbt[pb2]'"))
+        needs.append(("explore='pb2'", "scipy", "'popbt[pb2]'"))
     for what, module, package in needs:
         if importlib.util.find_spec(module) is None:
             raise ConfigError(f"{what} needs {module}: pip install {package}")
