@@ -199,6 +199,17 @@ def test_every_final_model_trained_exactly_every_interval_in_async_mode(tmp_path
     assert [s["interval"] for s in best["schedule"]] == list(range(10))
 
 
+def test_a_retry_trains_with_a_fresh_seed(tmp_path, sqlite_url):
+    """A failure that depends on the random draw is not repeated: the second attempt succeeds."""
+    out = run_popbt("run", QUAD, "--workers", "1", "--seed", "8", "--storage", sqlite_url, "--dir", str(tmp_path),
+                    env={"POPBT_TEST_FAIL_SEED": "2:3", "POPBT_TEST_SEED": "8"})
+    assert out.returncode == 0, out.stderr
+    _, rows, events = results(sqlite_url, "quad")
+    assert [(e.member, e.interval) for e in events if e.kind == "failure"] == [(2, 3)]
+    [row] = [r for r in rows if (r.member, r.interval) == (2, 3)]
+    assert row.state == DONE and row.attempts == 1 and row.replacements == 0
+
+
 def test_a_nan_score_counts_as_the_worst_and_its_member_copies_a_top_member(tmp_path, sqlite_url):
     out = run_popbt("run", QUAD, "--workers", "1", "--seed", "1", "--ready-every", "4", "--storage", sqlite_url,
                     "--dir", str(tmp_path), env={"POPBT_TEST_NAN": "0:1"})

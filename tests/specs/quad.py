@@ -4,6 +4,8 @@ POPBT_TEST_HANG=M:K:DIR   member M, interval K: touch DIR/hang-<pid>, then block
                           or for POPBT_TEST_HANG_SECONDS)
 POPBT_TEST_FAIL=M:K       member M, interval K raises in train, every attempt
 POPBT_TEST_NAN=M:K        member M, interval K evaluates to NaN, every attempt
+POPBT_TEST_FAIL_SEED=M:K  member M, interval K raises in train when it is trained with the seed of
+                          its first attempt (a failure that depends on the random draw)
 POPBT_TEST_STEP_SECONDS=S each interval takes S more seconds, like real training
 POPBT_TEST_LEASE=S        the experiment's lease, in seconds
 """
@@ -16,6 +18,7 @@ import numpy as np
 
 import popbt
 from popbt import Uniform
+from popbt.worker import seed_for
 
 space = {"h0": Uniform(0.0, 1.0), "h1": Uniform(0.0, 1.0)}
 metric, mode = "Q", "max"
@@ -32,6 +35,11 @@ def _injected(var: str) -> list[str] | None:
     return parts if (int(parts[0]), int(parts[1])) == (trial.member, trial.interval) else None
 
 
+def popbt_seed() -> int:
+    """The experiment's seed (the tests pass it with --seed)."""
+    return int(os.environ["POPBT_TEST_SEED"])
+
+
 def build(hparams, device):
     return np.array([0.9, 0.9])
 
@@ -46,6 +54,9 @@ def train(theta, hparams, interval, device):
         time.sleep(float(os.environ.get("POPBT_TEST_HANG_SECONDS", "3600")))
     if _injected("POPBT_TEST_FAIL"):
         raise RuntimeError("injected failure")
+    trial = popbt.current()
+    if _injected("POPBT_TEST_FAIL_SEED") and trial.seed == seed_for(popbt_seed(), trial.member, trial.interval):
+        raise RuntimeError("injected failure with this seed")
     time.sleep(float(os.environ.get("POPBT_TEST_STEP_SECONDS", "0")))
     return {"norm": float(np.linalg.norm(theta))}
 
