@@ -119,3 +119,46 @@ def test_replay_from_the_command_line_prints_scores_and_the_weights_path(tmp_pat
     assert weights.startswith(str(tmp_path / "replays" / "toy-member-"))
     out = run_popbt("replay", QUAD, "--member", "9", "--dir", str(tmp_path))
     assert out.returncode == 2 and "no result for member 9" in out.stderr
+
+
+NOISY = '''
+import numpy as np
+import popbt
+from popbt import Uniform
+from popbt.worker import seed_for
+
+space = {"h": Uniform(0.0, 1.0)}
+population, intervals, seed = 2, 4, 3
+
+def build(hparams, device):
+    return np.array([1.0])
+
+def train(theta, hparams, interval, device):
+    trial = popbt.current()
+    if (trial.member, trial.interval) == (1, 2) and trial.seed == seed_for(3, 1, 2):
+        raise RuntimeError("fails with the first attempt's draw")
+    theta *= 1 - hparams["h"] * np.random.uniform(0.1, 0.3)
+
+def evaluate(theta, device):
+    return -float(theta[0])
+
+def save(theta, path):
+    with open(path, "wb") as f:
+        np.save(f, theta)
+
+def load(theta, path):
+    with open(path, "rb") as f:
+        return np.load(f)
+'''
+
+
+def test_replay_reuses_the_seed_of_the_attempt_that_succeeded(tmp_path):
+    """Member 1's interval 2 succeeded on its second attempt, with another seed: a replay of
+    a random training reproduces its scores only with that seed."""
+    spec = tmp_path / "noisy.py"
+    spec.write_text(NOISY)
+    url = toy_run(tmp_path, str(spec), "noisy", search="random")
+    rows, _ = history_of(url, "noisy")
+    assert [r.attempts for r in rows if (r.member, r.interval) == (1, 2)] == [1]
+    done = popbt.replay(str(spec), "noisy", member=1, dir=tmp_path)
+    assert [s.replayed for s in done.steps] == [s.original for s in done.steps]

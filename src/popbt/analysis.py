@@ -15,12 +15,15 @@ from .store import DONE, Row
 
 @dataclass(frozen=True)
 class Step:
-    """One interval of a schedule: who trained it and with which hyperparameters."""
+    """One interval of a schedule: who trained it and with which hyperparameters (and which
+    attempt succeeded: a retry trains with another seed, which a replay must reuse)."""
 
     interval: int
     member: int
     hparams: dict[str, Any]
     score: float | None
+    attempts: int = 0
+    replacements: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ def ancestry(rows: Sequence[Row], member: int, interval: int) -> list[Row]:
 
 def schedule(rows: Sequence[Row], member: int, interval: int) -> list[Step]:
     """The hyperparameters the model trained with, interval by interval."""
-    return [Step(r.interval, r.member, r.hparams, r.score) for r in ancestry(rows, member, interval)]
+    return [Step(r.interval, r.member, r.hparams, r.score, r.attempts, r.replacements)
+            for r in ancestry(rows, member, interval)]
 
 
 def best(rows: Sequence[Row], config: ExperimentConfig) -> Best | None:

@@ -123,7 +123,7 @@ def train_schedule(spec: Spec, steps: list[analysis.Step], history: History, dev
 
 def enter(experiment: str, seed: int, step: analysis.Step, device: str) -> None:
     """Seed and announce the interval as the worker does, so popbt.current() works in specs."""
-    trial_seed = seed_for(seed, step.member, step.interval)
+    trial_seed = seed_for(seed, step.member, step.interval, step.attempts, step.replacements)
     worker_module._current = Trial(experiment, step.member, step.interval, device, trial_seed)
     seed_everything(trial_seed)
 
