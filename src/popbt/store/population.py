@@ -131,7 +131,7 @@ def apply(conn: Connection, exp_id: int, plan: Plan, now: float) -> bool:
     return True
 
 
-def collect_garbage(conn: Connection, exp_id: int) -> list[str]:
+def collect_garbage(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> list[str]:
     """Mark checkpoints no longer live as deleted; return their paths for the caller to unlink.
 
     Live: the start of a task not yet done; each member's latest result (the final models, and
@@ -142,7 +142,7 @@ def collect_garbage(conn: Connection, exp_id: int) -> list[str]:
     """
     t, c = s.tasks, s.checkpoints
     latest = _latest_done(exp_id)
-    floor = _oldest_incomplete(conn, exp_id, latest) - 1
+    floor = _oldest_incomplete(conn, cfg, exp_id, latest) - 1
     starts = select(t.c.start_checkpoint_id).where(
         t.c.experiment_id == exp_id, t.c.state.in_(ACTIVE), t.c.start_checkpoint_id.is_not(None))
     heads = select(t.c.result_checkpoint_id).join(
@@ -165,14 +165,13 @@ def _latest_done(exp_id: int):
             .group_by(t.c.member).subquery())
 
 
-def _oldest_incomplete(conn: Connection, exp_id: int, latest) -> int:
+def _oldest_incomplete(conn: Connection, cfg: ExperimentConfig, exp_id: int, latest) -> int:
     """The lowest interval some member still has to report (members given up excepted)."""
     t = s.tasks
-    stopped = select(t.c.member).where(t.c.experiment_id == exp_id, t.c.state == FAILED)
-    members = conn.execute(select(func.count(func.distinct(t.c.member))).where(
-        t.c.experiment_id == exp_id, t.c.member.not_in(stopped))).scalar_one()
-    reached = [r.interval for r in conn.execute(select(latest.c.interval).where(latest.c.member.not_in(stopped)))]
-    if len(reached) < members:
+    stopped = {r.member for r in conn.execute(
+        select(t.c.member).where(t.c.experiment_id == exp_id, t.c.state == FAILED))}
+    reached = [r.interval for r in conn.execute(select(latest.c.member, latest.c.interval)) if r.member not in stopped]
+    if len(reached) < cfg.population - len(stopped):
         return 0
     return min(reached, default=0) + 1
 

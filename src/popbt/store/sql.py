@@ -304,8 +304,10 @@ class SQLStore(Store):
             if nxt < cfg.intervals:
                 state = WAITING if planning.needs_decision(cfg, nxt, finite) else PENDING
                 pop.add_task(conn, task.experiment_id, task.member, nxt, dict(task.hparams), ckpt_id, state)
-            return (pop.read_snapshot(conn, cfg, task.experiment_id), pop.collect_garbage(conn, task.experiment_id),
-                    pop.maybe_finish(conn, task.experiment_id))
+            snapshot = pop.read_snapshot(conn, cfg, task.experiment_id)
+            # with decisions to take, the plan's transaction collects the garbage once for both
+            garbage = [] if snapshot.waiting else pop.collect_garbage(conn, cfg, task.experiment_id)
+            return snapshot, garbage, nxt >= cfg.intervals and pop.maybe_finish(conn, task.experiment_id)
 
         try:
             snapshot, garbage, finished = self._run(tx)
@@ -353,7 +355,7 @@ class SQLStore(Store):
         """Plan outside any lock, apply with a compare-and-set on the version; when another
         change landed meanwhile, read the new snapshot and plan again (a few times: whoever
         changed the population settles it too)."""
-        donor = None
+        donor, cfg = None, self.config(exp_id)
         for _ in range(REPLANS):
             decided = planning.plan(snapshot, explore)
             if not decided:
@@ -362,7 +364,8 @@ class SQLStore(Store):
             def tx(conn: Connection) -> tuple[bool, list[str], bool]:
                 if not pop.apply(conn, exp_id, decided, _now(conn)):
                     return False, [], False
-                return True, pop.collect_garbage(conn, exp_id), pop.maybe_finish(conn, exp_id)
+                gave_up = any(d.give_up for d in decided.decisions)
+                return True, pop.collect_garbage(conn, cfg, exp_id), gave_up and pop.maybe_finish(conn, exp_id)
 
             try:
                 applied, dead, done = self._run(tx)
@@ -372,7 +375,6 @@ class SQLStore(Store):
                 donor = pop.donor_of(decided, mine) if donor is None else donor
                 garbage, finished = garbage + dead, finished or done
                 break
-            cfg = self.config(exp_id)
             snapshot = self._run(lambda conn: pop.read_snapshot(conn, cfg, exp_id), read=True)
         return Outcome(finished, donor, garbage)
 
