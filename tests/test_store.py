@@ -283,3 +283,49 @@ def test_an_expired_lease_counts_as_an_attempt(store, storage):
     expire_lease(storage, exp.id, second.member, second.interval)
     third = store.claim(exp.id, "w3", "cpu")
     assert third.attempts == 2  # a worker seeing attempts >= max_attempts fails it at once
+
+
+def test_decisions_left_by_a_worker_that_died_after_its_report_are_settled_by_anyone(store, monkeypatch):
+    """The result is committed before the plan runs: if the reporting worker dies in between,
+    the waiting task is decided by the next caller of settle (an idle worker)."""
+    import popbt.plan
+
+    exp = store.create_experiment(config(), "/tmp")
+    tasks = [store.claim(exp.id, "w", "cpu") for _ in range(4)]
+    for t in tasks[1:]:
+        store.report(t, result(t.member, f"/ckpt/{t.member}-0"))
+
+    def die(*args, **kwargs):
+        raise SystemExit("killed between its report and its plan")
+
+    with monkeypatch.context() as m:
+        m.setattr(popbt.plan, "plan", die)
+        with pytest.raises(SystemExit):
+            store.report(tasks[0], result(0.0, "/ckpt/0-0"))
+    assert [r.state for r in store.history(exp.id) if r.member == 0] == ["done", "waiting"]
+    assert {store.claim(exp.id, "w", "cpu").member for _ in range(2)} == {2, 3}  # kept as they reported
+    assert store.claim(exp.id, "w", "cpu") is None  # 0 and 1 wait for a plan nobody made
+    outcome = store.settle(exp.id)
+    assert not outcome.finished
+    healed = {t.member: t for t in (store.claim(exp.id, "w", "cpu"), store.claim(exp.id, "w", "cpu"))}
+    assert healed[0].start.path == "/ckpt/3-0" and healed[1].start.path == "/ckpt/1-0"
+
+
+def test_a_plan_made_from_a_snapshot_that_moved_on_is_refused_and_nothing_is_written(store, monkeypatch):
+    import popbt.plan
+    from popbt.store import population
+
+    exp = store.create_experiment(config(), "/tmp")
+    tasks = [store.claim(exp.id, "w", "cpu") for _ in range(4)]
+    with monkeypatch.context() as m:  # the reports record their results, nobody decides yet
+        m.setattr(popbt.plan, "plan", lambda *a, **k: popbt.plan.Plan(0))
+        for t in tasks[:3]:
+            store.report(t, result(t.member, f"/ckpt/{t.member}-0"))
+    with store.engine.begin() as conn:
+        stale = popbt.plan.plan(population.read_snapshot(conn, store.config(exp.id), exp.id))
+    assert {d.member for d in stale.decisions} == {1, 2}  # kept: members scored below them
+    store.report(tasks[3], result(3.0, "/ckpt/3-0"))  # the population moves on and decides everyone
+    with store.engine.begin() as conn:
+        assert population.apply(conn, exp.id, stale, 0.0) is False
+    assert len([r for r in store.history(exp.id) if r.interval == 1]) == 4
+    assert [(x.member, x.donor) for x in store.exploits(exp.id)] == [(0, 3)]  # decided once
