@@ -309,3 +309,19 @@ def test_explore_draws_are_seeded_by_experiment_member_and_interval():
         d = by_member(plan(snapshot(cfg, cohort(0, {m: float(m) for m in range(4)}), [waiting(0, 1)])))[0]
         rng = strategy.decision_rng(seed, "explore", 0, 1, "exploit")
         assert d.hparams == strategy.explore({"lr": 0.4}, SPACE, rng, cfg.factors, cfg.resample_probability).hparams
+
+
+def test_planning_again_reuses_the_explorations_already_drawn():
+    """A plan refused because the population moved is made again from a newer snapshot: the
+    hook (or PB2's fit) is not run a second time for the same copy."""
+    calls = []
+
+    def hook(hparams, rng):
+        calls.append(1)
+        return {"lr": 0.5}
+
+    explored = {}
+    snap = snapshot(config(), cohort(0, {m: float(m) for m in range(4)}), [waiting(0, 1)])
+    first = plan(snap, hook, explored)
+    again = plan(Snapshot(8, snap.config, snap.waiting, snap.results), hook, explored)
+    assert len(calls) == 1 and first.decisions == again.decisions and again.version == 8

@@ -137,12 +137,18 @@ def needs_decision(config: ExperimentConfig, next_interval: int, finite: bool) -
     return not finite or strategy.is_ready(next_interval, config.ready_every, config.burn_in)
 
 
-def plan(snapshot: Snapshot, hook: Hook | None = None) -> Plan:
+Explorations = dict  # (task, donor checkpoint, reason, with hook) -> Explored or ExploreError
+
+
+def plan(snapshot: Snapshot, hook: Hook | None = None, explored: Explorations | None = None) -> Plan:
     """Decide every waiting task that can be decided now; the others keep waiting.
 
     Replacements go first: a member given up leaves the cohorts, which may complete them.
+    ``explored`` carries explorations over from an earlier plan of the same decisions that
+    could not be applied (the population moved meanwhile), so planning again does not refit
+    PB2 or call the spec's hook twice: only who copies whom is decided anew.
     """
-    planner = _Planner(snapshot, hook)
+    planner = _Planner(snapshot, hook, {} if explored is None else explored)
     order = sorted(snapshot.waiting, key=lambda w: (w.interval, w.member))
     for waiting in order:
         if waiting.replacing:
@@ -156,8 +162,8 @@ def plan(snapshot: Snapshot, hook: Hook | None = None) -> Plan:
 class _Planner:
     """The state of one planning pass: cohorts as the decisions so far leave them."""
 
-    def __init__(self, snapshot: Snapshot, hook: Hook | None) -> None:
-        self.snap, self.cfg, self.hook = snapshot, snapshot.config, hook
+    def __init__(self, snapshot: Snapshot, hook: Hook | None, explored: Explorations) -> None:
+        self.snap, self.cfg, self.hook, self.explored = snapshot, snapshot.config, hook, explored
         self.given_up = dict(snapshot.given_up)
         self.busy = list(snapshot.busy)
         self.decisions: list[Decision] = []
@@ -337,8 +343,20 @@ class _Planner:
     # -- explore ------------------------------------------------------------------------------
 
     def explore(self, w: Waiting, donor: Result, reason: str, hook: Hook | None) -> Explored:
-        """The copy's hyperparameters, from the donor's: PB2, else the spec's hook, else PBT's
-        perturbation."""
+        """The copy's hyperparameters, from the donor's (remembered across plans)."""
+        key = (w.task, donor.checkpoint, reason, hook is not None)
+        if key not in self.explored:
+            try:
+                self.explored[key] = self.draw(w, donor, reason, hook)
+            except ExploreError as e:
+                self.explored[key] = e
+        found = self.explored[key]
+        if isinstance(found, ExploreError):
+            raise found
+        return found
+
+    def draw(self, w: Waiting, donor: Result, reason: str, hook: Hook | None) -> Explored:
+        """PB2, else the spec's hook, else PBT's perturbation."""
         cfg = self.cfg
         rng = strategy.decision_rng(cfg.seed, "explore", w.member, w.interval, reason)
         if cfg.explore == "pb2":

@@ -353,11 +353,11 @@ class SQLStore(Store):
     def _settle(self, exp_id: int, snapshot: Snapshot, explore: Hook | None, finished: bool,
                 garbage: list[str], mine: list[tuple[int, int]]) -> Outcome:
         """Plan outside any lock, apply with a compare-and-set on the version; when another
-        change landed meanwhile, read the new snapshot and plan again (a few times: whoever
-        changed the population settles it too)."""
-        donor, cfg = None, self.config(exp_id)
+        change landed meanwhile, read the new snapshot and plan again, reusing the explorations
+        already drawn (a few times: whoever changed the population settles it too)."""
+        donor, cfg, explored = None, self.config(exp_id), {}
         for _ in range(REPLANS):
-            decided = planning.plan(snapshot, explore)
+            decided = planning.plan(snapshot, explore, explored)
             if not decided:
                 break
 
