@@ -92,6 +92,44 @@ def claim_all(url, exp_id, queue, barrier):
     queue.put(got)
 
 
+def report_all(url, exp_id, barrier):
+    """Claim and report with hand-made scores until the experiment is finished, settling when idle."""
+    from popbt.store import Result
+
+    store = open_store(url)
+    store.config(exp_id)
+    barrier.wait()
+    while not store.progress(exp_id).finished:
+        task = store.claim(exp_id, f"p{os.getpid()}", "cpu")
+        if task is None:
+            store.settle(exp_id)
+            continue
+        score = ((task.member * 7919 + task.interval * 104729) % 1000) / 1000
+        store.report(task, Result(score, {}, f"/nonexistent/{task.member}-{task.interval}-{task.token}", "0" * 64, 1))
+    store.close()
+
+
+def test_reports_and_decisions_under_contention_from_several_processes(storage):
+    """Four processes report at once: every decision is applied exactly once, and every copy is
+    of the copier's age, whoever planned it and however often a plan was refused."""
+    store = open_store(storage)
+    cfg = ExperimentConfig(name="race", spec="x", space={"x": Uniform(0, 1)}, population=12, intervals=12, seed=0)
+    exp = store.create_experiment(cfg, "/tmp")
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=report_all, args=(storage, exp.id, barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+        assert p.exitcode == 0
+    rows, copies = store.history(exp.id), store.exploits(exp.id)
+    store.close()
+    assert_complete(rows, 12, 12)
+    assert all(r.parent_interval == r.interval - 1 for r in rows if r.interval > 0)
+    assert len({(x.member, x.interval) for x in copies}) == len(copies) == 11 * 3  # 3 of 12 copy, each time
+
+
 def test_claims_under_contention_from_several_processes_never_share_a_task(storage):
     store = open_store(storage)
     cfg = ExperimentConfig(name="race", spec="x", space={"x": Uniform(0, 1)}, population=1000, intervals=1, seed=0)
