@@ -11,15 +11,19 @@ the same machine load: the best final member's score (true Q; validation and tes
 for digits) and the wall time, as medians over seeds.
 
 popbt runs in this process through the public API (popbt.run, popbt.best, popbt.export);
-Ray runs in its own environment, .venv-peers, one subprocess per run.
+Ray runs in its own environment, .venv-peers, one subprocess per run. Both import popbt (and
+its examples) from a snapshot of HEAD's src/, so that edits and commits made in the checkout
+during the long run do not change what is measured (--working-tree measures the checkout).
 
     make bench-peers                          # creates .venv-peers, then runs this script
     .venv/bin/python bench/peers.py [--quick] [--seeds N] [--problems toy,digits] [--methods pbt,pb2]
+                                    [--working-tree]
     .venv/bin/python bench/run_all.py --only peers
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -27,16 +31,16 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import common
 from common import BENCH, ROOT, Skip, log, median, spread, table
 from run_all import git_commit
-
-import popbt
 
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 PEERS_STAMP = ROOT / ".venv-peers" / ".installed"
@@ -86,6 +90,8 @@ def popbt_run(problem: Problem, method: str, seed: int, intervals: int) -> Outco
     """One popbt experiment with two local worker processes; the wall time is the whole popbt.run."""
     from rich.console import Console
 
+    import popbt
+
     with tempfile.TemporaryDirectory(prefix="popbt-peers-") as tmp:
         start = time.perf_counter()
         summary = popbt.run(problem.spec, workers=WORKERS, seed=seed, population=POPULATION, intervals=intervals,
@@ -112,6 +118,8 @@ def test_accuracy(problem: Problem, weights: str) -> float:
 
 
 def load_space(problem: Problem) -> dict:
+    import popbt
+
     return popbt.load_spec(problem.spec).space
 
 
@@ -142,7 +150,7 @@ def ray_run(problem: Problem, method: str, seed: int, intervals: int, initial: l
         raise RuntimeError(f"Ray {problem.name} {method} seed {seed}: {data['errors']} trials errored")
     if any(i != intervals for i in data["final_iterations"]):
         raise RuntimeError(f"Ray {problem.name} {method} seed {seed}: trials ended at {data['final_iterations']}")
-    extra = {k: data[k] for k in ("init_s", "fit_s", "final_iterations")}
+    extra = {k: data[k] for k in ("init_s", "fit_s", "explore_s", "final_iterations")}
     return Outcome(data["score"], data.get("test_accuracy"), data["wall_s"], data["exploits"],
                    data["intervals_trained"], data["initial"], extra)
 
@@ -168,6 +176,30 @@ def ray_about() -> dict[str, Any]:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise Skip(f"Ray Tune does not import in .venv-peers: {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def popbt_source(working_tree: bool) -> Iterator[str]:
+    """Make popbt importable from a snapshot of HEAD's src/ (here, in the worker processes and
+    in Ray's), and say which popbt is measured; with ``working_tree``, the checkout as it is."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    if working_tree or not commit:
+        yield f"the working tree (git {git_commit()} at start)"
+        return
+    archive = subprocess.run(["git", "archive", commit, "src"], check=True, cwd=ROOT, capture_output=True).stdout
+    with tempfile.TemporaryDirectory(prefix="popbt-peers-src-") as tmp:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        src = os.path.join(tmp, "src")
+        sys.path.insert(0, src)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+        os.environ["POPBT_PEERS_SRC"] = src  # ray_side checks that its trainables import popbt from here
+        import popbt
+
+        if not popbt.__file__.startswith(src):
+            raise RuntimeError(f"popbt was imported from {popbt.__file__}, not from the snapshot")
+        yield f"git commit {commit}, its src/ snapshotted at start"
 
 
 # -- the comparison -----------------------------------------------------------------------------
@@ -208,7 +240,7 @@ def same_hparams(a: list[dict], b: list[dict]) -> bool:
     """Equal up to float round-off (Ray's PB2 runs a LogUniform through log and exp)."""
     return len(a) == len(b) and all(
         x is not None and x.keys() == y.keys() and all(math.isclose(x[k], y[k], rel_tol=1e-9) for k in y)
-        for x, y in zip(a, b))
+        for x, y in zip(a, b, strict=True))
 
 
 def group_sizes() -> str:
@@ -243,21 +275,26 @@ def rows_of(cells: dict, problems: list[Problem], methods: list[str], seeds: int
                 scores = [o.score for o in runs]
                 tests = [o.test for o in runs if o.test is not None]
                 walls[tool] = median([o.wall for o in runs])
+                wall = f"{walls[tool]:.1f} ({spread([o.wall for o in runs], '.1f')})"
                 ratio = f"{walls[tool] / walls['popbt']:.1f}×" if tool != "popbt" and "popbt" in walls else ""
                 rows.append([problem.name, method.upper(), tool, f"{median(scores):.4f}", spread(scores, ".4f"),
                              f"{median(tests):.4f} ({spread(tests, '.4f')})" if tests else "",
-                             f"{walls[tool]:.1f}", ratio, f"{median([o.trained for o in runs]):g}",
+                             wall, ratio, f"{median([o.trained for o in runs]):g}",
                              f"{median([o.exploits for o in runs]):g}", f"{len(runs)}/{seeds}"])
     return rows
 
 
 def ray_init_note(cells: dict) -> str:
     inits = [o.extra["init_s"] for (_, _, tool), c in cells.items() if tool != "popbt" for o in c.outcomes]
-    fits = {k: median([o.extra["fit_s"] for o in c.outcomes]) for k, c in cells.items() if k[2] != "popbt" and c.outcomes}
+    ray = {k: c.outcomes for k, c in cells.items() if k[2] != "popbt" and c.outcomes}
+    fits = {k: median([o.extra["fit_s"] for o in runs]) for k, runs in ray.items()}
     if not inits:
         return ""
-    per = ", ".join(f"{p} {m.upper()} {s:.1f} s" for (p, m, _), s in fits.items())
-    return f"`ray.init` took {median(inits):.1f} s (median of all Ray runs); `tuner.fit` alone: {per}."
+    explore = {k: median([o.extra["explore_s"] for o in runs]) for k, runs in ray.items()}
+    per = ", ".join(f"{p} {m.upper()} {s:.1f} s (of which {explore[p, m, t]:.1f} s choosing new hyperparameters)"
+                    for (p, m, t), s in fits.items())
+    return (f"`ray.init` took {median(inits):.1f} s (median of all Ray runs); `tuner.fit` alone, median: {per}. "
+            "Ray chooses them in its driver loop, which handles no other trial's result meanwhile.")
 
 
 def verdicts(cells: dict, problems: list[Problem], methods: list[str]) -> list[str]:
@@ -270,7 +307,8 @@ def verdicts(cells: dict, problems: list[Problem], methods: list[str]) -> list[s
                 continue
             a, b = median([o.score for o in ours.outcomes]), median([o.score for o in theirs.outcomes])
             ratio = median([o.wall for o in theirs.outcomes]) / median([o.wall for o in ours.outcomes])
-            speed = f"; {ratio:.1f}× faster ({'meets' if ratio >= 50 else 'misses'} 50×)" if problem.name == "toy" else ""
+            verdict = "meets" if ratio >= 50 else "misses"
+            speed = f"; {ratio:.1f}× faster ({verdict} 50×)" if problem.name == "toy" else ""
             out.append(f"{problem.name} {method.upper()}: median best {a:.4f} vs {b:.4f} "
                        f"({'popbt ≥ Ray' if a >= b else 'popbt < Ray'}){speed}")
     return out
@@ -304,24 +342,27 @@ def notes(cells: dict, about: dict, mismatches: list[str]) -> list[str]:
          "advises for PBT (with its default, False, a trial starts a new process each time it is paused)."),
         ("- *intervals trained*: popbt trains exactly population × intervals. Ray's exploit resumes a trial from "
          "its donor's latest checkpoint, of whatever age, so a trial may skip or retrain intervals; Ray ranks "
-         "the latest scores of the trials not yet finished, whatever their age."),
+         "the latest scores of the trials not yet finished, whatever their age, and skips an exploit when the "
+         "donor it drew was not in the top group at its own last report (`_checkpoint_or_exploit` in "
+         "`ray/tune/schedulers/pbt.py`)."),
         f"- PB2: Ray's PB2 {gpy}; it never resamples.",
         *(["", "Failed runs:", *failures] if failures else []),
     ]
 
 
 def report(args, cells: dict, problems: list[Problem], methods: list[str], seeds: range, about: dict,
-           mismatches: list[str], load: tuple[str, str]) -> str:
+           mismatches: list[str], load: tuple[str, str], source: str) -> str:
     n = len(seeds)
     sizes = ", ".join(f"{p.name} {p.quick_intervals if args.quick else p.intervals}" for p in problems)
     metrics = ", ".join(f"{p.name}: {p.metric}" for p in problems)
+    test = ("; for digits also the test accuracy of that member's final weights (`digits.test_accuracy`)"
+            if "digits" in [p.name for p in problems] else "")
     headers = ["problem", "explore", "tool", "best final: median", "min–max", "test accuracy: median (min–max)",
-               "wall s: median", "Ray wall / popbt wall", "intervals trained", "exploits", "runs"]
-    intro = (f"popbt (git {git_commit()}) against Ray Tune {about.get('ray')} (`PopulationBasedTraining`, `PB2`) "
+               "wall s: median (min–max)", "Ray wall / popbt wall", "intervals trained", "exploits", "runs"]
+    intro = (f"popbt ({source}) against Ray Tune {about.get('ray')} (`PopulationBasedTraining`, `PB2`) "
              f"on the same problems, population {POPULATION}, intervals ({sizes}), seeds 0–{n - 1} and first "
-             f"hyperparameters. Score: the best final member's {metrics}; for digits also the test accuracy of "
-             "that member's final weights (`digits.test_accuracy`). Both tools in one run, interleaved; load "
-             f"average at start {load[0]}, at end {load[1]} ({os.cpu_count()} cores).\n")
+             f"hyperparameters. Score: the best final member's {metrics}{test}. Both tools in one run, "
+             f"interleaved; load average at start {load[0]}, at end {load[1]} ({os.cpu_count()} cores).\n")
     targets = verdicts(cells, problems, methods)
     return "\n".join([
         common.heading("Side by side with Ray Tune: PBT and PB2"),
@@ -340,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 5, --quick 2)")
     p.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated: toy,digits")
     p.add_argument("--methods", default="pbt,pb2", help="comma-separated: pbt,pb2")
+    p.add_argument("--working-tree", action="store_true",
+                   help="measure the checkout as it is, not a snapshot of HEAD's src/")
     args = p.parse_args(argv)
     problems = [PROBLEMS[name] for name in args.problems.split(",")]
     methods = [m for m in args.methods.split(",") if m in EXPLORE]
@@ -348,16 +391,18 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(common.heading("Side by side with Ray Tune: PBT and PB2") + f"\nSkipped: {problem}")
         return 0
-    about = ray_about()
     start_load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     cells: dict = {}
     mismatches: list[str] = []
-    for seed in seeds:
-        for prob in problems:
-            for method in methods:
-                run_seed(prob, method, seed, prob.quick_intervals if args.quick else prob.intervals, cells, mismatches)
+    with popbt_source(args.working_tree) as source:
+        about = ray_about()
+        for seed in seeds:
+            for prob in problems:
+                for method in methods:
+                    intervals = prob.quick_intervals if args.quick else prob.intervals
+                    run_seed(prob, method, seed, intervals, cells, mismatches)
     end_load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(report(args, cells, problems, methods, seeds, about, mismatches, (start_load, end_load)))
+    print(report(args, cells, problems, methods, seeds, about, mismatches, (start_load, end_load), source))
     return 0
 
 

@@ -78,8 +78,8 @@ def encode(hparams: Mapping[str, float], space: Mapping[str, Any], log_scale: bo
     """A popbt hyperparameter dict as a Ray config (log-encoded for PB2)."""
     if not log_scale:
         return dict(hparams)
-    return {(LOG_PREFIX + k if isinstance(space[k], LogUniform) else k): (math.log(v) if isinstance(space[k], LogUniform)
-            else v) for k, v in hparams.items()}
+    logs = {k for k, d in space.items() if isinstance(d, LogUniform)}
+    return {(LOG_PREFIX + k if k in logs else k): (math.log(v) if k in logs else v) for k, v in hparams.items()}
 
 
 def decode(config: Mapping[str, float]) -> dict[str, float]:
@@ -120,6 +120,9 @@ def make_trainable(problem: str, seed: int) -> Callable[[dict], None]:
     """A function trainable that trains one interval per report and checkpoints every time."""
     def trainable(config: dict) -> None:
         example = importlib.import_module(EXAMPLES[problem])
+        expected = os.environ.get("POPBT_PEERS_SRC")
+        if expected and not example.__file__.startswith(expected):
+            raise RuntimeError(f"{example.__name__} imported from {example.__file__}, not from {expected}")
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)  # 1 CPU per trial, as each popbt worker has
         hparams = decode(config)
@@ -176,6 +179,22 @@ def scheduler(method: str, space: Mapping[str, Any], args: argparse.Namespace):
     return PB2(hyperparam_bounds=pb2_bounds(space), **common)
 
 
+class Stopwatch:
+    """Times a scheduler's choice of new hyperparameters (PB2 fits a Gaussian process there)."""
+
+    def __init__(self, sched) -> None:
+        self.seconds = 0.0
+        self._inner = sched._get_new_config
+        sched._get_new_config = self
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self._inner(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
 def score_checkpoint(problem: str, checkpoint: tune.Checkpoint) -> dict[str, float]:
     """The final model's test accuracy (digits), by the example's own function."""
     if problem != "digits":
@@ -203,6 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  configure_logging=True)
         init_s = time.perf_counter() - start
         sched = scheduler(args.method, space, args)
+        stopwatch = Stopwatch(sched)
         tuner = tune.Tuner(
             tune.with_resources(make_trainable(args.problem, args.seed), {"cpu": 1}),
             param_space=param_space,
@@ -217,6 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         best = results.get_best_result(metric="score", mode="max", scope="last")
         finals = [r.metrics.get("training_iteration") for r in results]
         out = {"score": best.metrics["score"], "init_s": init_s, "fit_s": fit_s, "wall_s": init_s + fit_s,
+               "explore_s": stopwatch.seconds,
                "intervals_trained": ledger.results, "exploits": sched._num_perturbations,
                "final_iterations": finals, "errors": sum(r.error is not None for r in results),
                "initial": [ledger.initial.get(i) for i in range(args.population)], "ray": ray.__version__,
