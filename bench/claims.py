@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import common
 from common import Skip, log, median, spread, table
-
 from popbt import Uniform
 from popbt.experiment import ExperimentConfig
 from popbt.store import Result, SQLStore
@@ -40,8 +39,9 @@ def create(url: str, name: str, load: Load) -> int:
     """A fresh experiment whose tasks the workers will drain."""
     store = SQLStore(url)
     try:
-        config = ExperimentConfig(name=name, spec="bench-noop", space=SPACE, population=load.population,
-                                  intervals=load.intervals, seed=1)
+        config = ExperimentConfig(
+            name=name, spec="bench-noop", space=SPACE, population=load.population, intervals=load.intervals, seed=1
+        )
         return store.create_experiment(config, tempfile.gettempdir()).id
     finally:
         store.close()
@@ -80,7 +80,7 @@ def collect(procs: list, results) -> list[int]:
             if dead:
                 for p in procs:
                     p.kill()
-                raise RuntimeError(f"a worker process failed (exit codes {dead}); see its traceback above")
+                raise RuntimeError(f"a worker process failed (exit codes {dead}); see its traceback above") from None
     return counts
 
 
@@ -89,8 +89,10 @@ def measure(url: str, load: Load, name: str) -> float:
     exp_id = create(url, name, load)
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(load.workers + 1), ctx.Queue()
-    procs = [ctx.Process(target=drain, args=(url, exp_id, load.report, f"bench-{i}", barrier, results))
-             for i in range(load.workers)]
+    procs = [
+        ctx.Process(target=drain, args=(url, exp_id, load.report, f"bench-{i}", barrier, results))
+        for i in range(load.workers)
+    ]
     for p in procs:
         p.start()
     barrier.wait(timeout=120)
@@ -113,7 +115,16 @@ def bench_backend(backend: str, workers: list[int], tasks: int, reps: int) -> li
             claims = [measure(url, Load(n, tasks, 1, False), f"claims-{n}-{r}") for r in range(reps)]
             trips = [measure(url, Load(n, tasks // 4, 4, True), f"trips-{n}-{r}") for r in range(reps)]
             log(f"claims: {backend} {n} workers: {median(claims):.0f} claims/s, {median(trips):.0f} round trips/s")
-            rows.append([backend, n, f"{median(claims):.0f}", spread(claims, ".0f"), f"{median(trips):.0f}", spread(trips, ".0f")])
+            rows.append(
+                [
+                    backend,
+                    n,
+                    f"{median(claims):.0f}",
+                    spread(claims, ".0f"),
+                    f"{median(trips):.0f}",
+                    spread(trips, ".0f"),
+                ]
+            )
     return rows
 
 
@@ -128,12 +139,14 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"- {backend} skipped: {e}")
             log(f"claims: {backend} skipped: {e}")
     print(common.heading("Store throughput: claims and round trips per second"))
-    print(f"No training: {', '.join(map(str, workers))} worker processes (multiprocessing spawn) call "
-          f"`SQLStore.claim` / `SQLStore.report` directly. *Claims/s*: {tasks} pending tasks "
-          f"(population {tasks}, 1 interval) claimed until none is left. *Round trips/s*: claim + "
-          f"report of population {tasks // 4} × 4 intervals, exploit on (each report ranks the "
-          f"population and schedules the next task). Median of {reps} repetitions (range: "
-          f"min–max), wall time from a barrier once every process is connected.\n")
+    print(
+        f"No training: {', '.join(map(str, workers))} worker processes (multiprocessing spawn) call "
+        f"`SQLStore.claim` / `SQLStore.report` directly. *Claims/s*: {tasks} pending tasks "
+        f"(population {tasks}, 1 interval) claimed until none is left. *Round trips/s*: claim + "
+        f"report of population {tasks // 4} × 4 intervals, exploit on (each report ranks the "
+        f"population and schedules the next task). Median of {reps} repetitions (range: "
+        f"min–max), wall time from a barrier once every process is connected.\n"
+    )
     print(table(["backend", "workers", "claims/s", "range", "round trips/s", "range"], rows))
     if notes:
         print("\n" + "\n".join(notes))

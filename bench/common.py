@@ -14,14 +14,17 @@ import statistics
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 SPECS = BENCH / "specs"
-PG_ADMIN = (os.environ.get("POPBT_BENCH_POSTGRES") or os.environ.get("POPBT_TEST_POSTGRES")
-            or "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN = (
+    os.environ.get("POPBT_BENCH_POSTGRES")
+    or os.environ.get("POPBT_TEST_POSTGRES")
+    or "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 class Skip(Exception):
@@ -91,9 +94,15 @@ def _pg_connect(database: str | None = None):
     from sqlalchemy.engine import make_url
 
     url = make_url(PG_ADMIN)
-    return psycopg.connect(host=url.host, port=url.port or 5432, user=url.username,
-                           password=url.password, dbname=database or url.database or "postgres",
-                           autocommit=True, connect_timeout=3)
+    return psycopg.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        dbname=database or url.database or "postgres",
+        autocommit=True,
+        connect_timeout=3,
+    )
 
 
 def postgres_problem() -> str | None:
@@ -134,8 +143,9 @@ def postgres_database() -> Iterator[str]:
     with _pg_connect() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield make_url(PG_ADMIN).set(database=name, drivername="postgresql+psycopg") \
-            .render_as_string(hide_password=False)
+        yield (
+            make_url(PG_ADMIN).set(database=name, drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        )
     finally:
         with _pg_connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

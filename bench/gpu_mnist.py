@@ -27,8 +27,23 @@ from popbt.store import open_store  # noqa: E402
 
 def run(workers: int, args: argparse.Namespace) -> dict:
     name = f"gpu-w{workers}"
-    cmd = [sys.executable, "-m", "popbt", "run", str(ROOT / "examples" / "mnist.py"), "--workers", str(workers),
-           "--devices", args.device, "--name", name, "--seed", "1", "--dir", args.out]
+    cmd = [
+        sys.executable,
+        "-m",
+        "popbt",
+        "run",
+        str(ROOT / "examples" / "mnist.py"),
+        "--workers",
+        str(workers),
+        "--devices",
+        args.device,
+        "--name",
+        name,
+        "--seed",
+        "1",
+        "--dir",
+        args.out,
+    ]
     if args.data:
         cmd += ["--data", args.data]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
@@ -54,10 +69,18 @@ def summarize(name: str, workers: int, wall: float, code, args: argparse.Namespa
     busy = sum(r.finished_at - r.started_at for r in done)
     span = max(r.finished_at for r in done) - min(r.started_at for r in rows if r.started_at) if done else 0
     best = analysis.best(rows, exp.config)
-    return dict(workers=workers, code=code, wall=wall, done=len(done), total=len(rows) and exp.config.population
-                * exp.config.intervals, span=span, utilisation=busy / (workers * span) if span else 0.0,
-                per_interval=span / len(done) if done else 0.0, best=best.score if best else None,
-                best_interval=best.interval if best else None)
+    return dict(
+        workers=workers,
+        code=code,
+        wall=wall,
+        done=len(done),
+        total=len(rows) and exp.config.population * exp.config.intervals,
+        span=span,
+        utilisation=busy / (workers * span) if span else 0.0,
+        per_interval=span / len(done) if done else 0.0,
+        best=best.score if best else None,
+        best_interval=best.interval if best else None,
+    )
 
 
 def main() -> None:
@@ -77,13 +100,17 @@ def main() -> None:
     except Exception:
         card = args.device
     print(f"\nexamples/mnist.py (Fashion-MNIST, population 15, 20 intervals) on {card}\n")
-    print("| workers on one GPU | intervals done | wall s (process) | s per interval (population) "
-          "| utilisation | best held-out accuracy (at interval) | exit |")
+    print(
+        "| workers on one GPU | intervals done | wall s (process) | s per interval (population) "
+        "| utilisation | best held-out accuracy (at interval) | exit |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
         best = f"{r['best']:.4f} ({r['best_interval']})" if r["best"] is not None else "-"
-        print(f"| {r['workers']} | {r['done']}/{r['total']} | {r['wall']:.1f} | {r['per_interval']:.2f} "
-              f"| {100 * r['utilisation']:.1f}% | {best} | {r['code']} |")
+        print(
+            f"| {r['workers']} | {r['done']}/{r['total']} | {r['wall']:.1f} | {r['per_interval']:.2f} "
+            f"| {100 * r['utilisation']:.1f}% | {best} | {r['code']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,9 @@ def measure(url: str, explore: str, population: int, intervals: int, seed: int) 
 
     store.report = timed_report
     try:
-        config = spec.config(f"lock-{explore}-{seed}", population=population, intervals=intervals, seed=seed,
-                             explore=explore)
+        config = spec.config(
+            f"lock-{explore}-{seed}", population=population, intervals=intervals, seed=seed, explore=explore
+        )
         exp = store.create_experiment(config, tempfile.mkdtemp(prefix="popbt-lock-ckpt-"))
         start = time.perf_counter()
         Worker(store, exp, spec).run(poll=0.05)
@@ -85,8 +86,16 @@ def run_child(tree: Path, backend: str, explore: str, population: int, intervals
     """One measurement in a fresh process importing popbt from ``tree``."""
     with common.database(backend) as url:
         env = dict(os.environ, PYTHONPATH=str(tree / "src"))
-        argv = [sys.executable, str(Path(__file__).resolve()), "--measure", url, explore, str(population),
-                str(intervals), str(seed)]
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--measure",
+            url,
+            explore,
+            str(population),
+            str(intervals),
+            str(seed),
+        ]
         out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -94,8 +103,11 @@ def run_child(tree: Path, backend: str, explore: str, population: int, intervals
 def checkout(commit: str, into: str) -> Path:
     """A work tree of ``commit`` (read only, removed with ``into``)."""
     tree = Path(into) / "before"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), commit],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), commit],
+        check=True,
+        capture_output=True,
+    )
     return tree
 
 
@@ -122,23 +134,41 @@ def main(argv: list[str] | None = None) -> int:
                         held = [h for r in runs for h in r["held"]]
                         longest = [h for r in runs for h in r["longest"]]
                         found[which] = (median(held), max(held), max(longest), median([r["wall"] for r in runs]))
-                        log(f"lock: {backend} {explore} {which}: median {found[which][0]:.2f} ms, "
-                            f"max {found[which][1]:.1f} ms")
+                        log(
+                            f"lock: {backend} {explore} {which}: median {found[which][0]:.2f} ms, "
+                            f"max {found[which][1]:.1f} ms"
+                        )
                     for which in trees:
                         med, most, single, wall = found[which]
-                        rows.append([backend, explore, which, f"{med:.2f}", f"{most:.1f}", f"{single:.1f}",
-                                     f"{wall:.1f}"])
+                        rows.append(
+                            [backend, explore, which, f"{med:.2f}", f"{most:.1f}", f"{single:.1f}", f"{wall:.1f}"]
+                        )
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["before"])],
-                           capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["before"])], capture_output=True
+            )
     print(common.heading("Lock hold time per report: deciding outside the lock"))
-    print(f"One in-process worker, `popbt.examples.toy_quadratic`, population {population}, {intervals} intervals, "
-          f"async, {len(seeds)} seeds; every write transaction inside `report()` timed from BEGIN to COMMIT. "
-          f"*before*: git {args.before} (popbt 0.1: decisions, PB2's fit and the explore hook inside the "
-          "report's transaction); *after*: this tree (snapshot and apply under the lock, the plan outside). "
-          "Per report: the lock held in all (median, max) and the longest single hold.\n")
-    print(table(["backend", "explore", "code", "lock held per report, median ms", "max ms",
-                 "longest single hold ms", "wall s per run"], rows))
+    print(
+        f"One in-process worker, `popbt.examples.toy_quadratic`, population {population}, {intervals} intervals, "
+        f"async, {len(seeds)} seeds; every write transaction inside `report()` timed from BEGIN to COMMIT. "
+        f"*before*: git {args.before} (popbt 0.1: decisions, PB2's fit and the explore hook inside the "
+        "report's transaction); *after*: this tree (snapshot and apply under the lock, the plan outside). "
+        "Per report: the lock held in all (median, max) and the longest single hold.\n"
+    )
+    print(
+        table(
+            [
+                "backend",
+                "explore",
+                "code",
+                "lock held per report, median ms",
+                "max ms",
+                "longest single hold ms",
+                "wall s per run",
+            ],
+            rows,
+        )
+    )
     return 0
 
 

@@ -21,15 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import common
-from common import SPECS, Skip, log, median, spread, table
 from rich.console import Console
 
+import common
 import popbt
+from common import SPECS, Skip, log, median, spread, table
 from popbt import checkpoints
 from popbt.experiment import ExperimentConfig
 from popbt.store import Result, SQLStore, open_store
@@ -50,7 +50,7 @@ class RunTiming:
     wall: float  # seconds, the whole popbt.run call (worker start-up included)
     user: float  # seconds spent inside train(), as measured by the spec itself
     cpu: float  # CPU seconds of the launcher and its workers (user + system)
-    steady: "Window"
+    steady: Window
 
     def overhead_ms(self) -> float:
         """Worker-time outside user code per interval, over the whole run."""
@@ -112,13 +112,32 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def timed_run(spec: str, url: str, run_dir: str, name: str, workers: int, population: int,
-              intervals: int, sync: bool = False, seed: int = 0) -> RunTiming:
+def timed_run(
+    spec: str,
+    url: str,
+    run_dir: str,
+    name: str,
+    workers: int,
+    population: int,
+    intervals: int,
+    sync: bool = False,
+    seed: int = 0,
+) -> RunTiming:
     """popbt.run exactly as a user calls it, quietly, and the timings its history holds."""
     cpu, start = cpu_seconds(), time.perf_counter()
-    summary = popbt.run(spec, name=name, population=population, intervals=intervals, workers=workers,
-                        devices="cpu", sync=sync, seed=seed, storage=url, dir=run_dir,
-                        console=Console(file=io.StringIO()))
+    summary = popbt.run(
+        spec,
+        name=name,
+        population=population,
+        intervals=intervals,
+        workers=workers,
+        devices="cpu",
+        sync=sync,
+        seed=seed,
+        storage=url,
+        dir=run_dir,
+        console=Console(file=io.StringIO()),
+    )
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     if not summary.finished:
         raise RuntimeError(f"experiment {name} did not finish")
@@ -137,8 +156,19 @@ def timed_run(spec: str, url: str, run_dir: str, name: str, workers: int, popula
 def startup_cpu(spec: str, url: str, run_dir: str, experiment: str, reps: int = 3) -> float:
     """CPU seconds one ``python -m popbt worker`` costs to start, join and leave a finished
     experiment: subtracted from a run's CPU time to get the per-interval share."""
-    cmd = [sys.executable, "-m", "popbt", "worker", spec, "--experiment", experiment,
-           "--storage", url, "--dir", run_dir]
+    cmd = [
+        sys.executable,
+        "-m",
+        "popbt",
+        "worker",
+        spec,
+        "--experiment",
+        experiment,
+        "--storage",
+        url,
+        "--dir",
+        run_dir,
+    ]
     costs = []
     for _ in range(reps):
         before = cpu_seconds()
@@ -158,33 +188,59 @@ def part_a(quick: bool) -> str:
         try:
             with storage(backend) as (url, run_dir):
                 for n in worker_counts:
-                    runs = [timed_run(NOOP, url, run_dir, f"noop-{n}-{r}", n, population, intervals, seed=r)
-                            for r in range(reps)]
+                    runs = [
+                        timed_run(NOOP, url, run_dir, f"noop-{n}-{r}", n, population, intervals, seed=r)
+                        for r in range(reps)
+                    ]
                     start_cpu = startup_cpu(NOOP, url, run_dir, f"noop-{n}-0")
                     steady = [r.steady.overhead_ms() for r in runs]
                     whole = [r.overhead_ms() for r in runs]
                     cpu = [(r.cpu - n * start_cpu) / r.intervals * 1000 for r in runs]
-                    log(f"overhead a: {backend} {n} workers: {median(steady):.1f} ms/interval (steady), "
-                        f"{median(whole):.1f} ms (whole run), {median(cpu):.1f} CPU ms/interval")
-                    rows.append([backend, n, f"{median([r.steady.rate() for r in runs]):.1f}",
-                                 f"{median(steady):.1f}", spread(steady, ".1f"), f"{median(whole):.1f}",
-                                 spread(whole, ".1f"), f"{median(cpu):.1f}"])
+                    log(
+                        f"overhead a: {backend} {n} workers: {median(steady):.1f} ms/interval (steady), "
+                        f"{median(whole):.1f} ms (whole run), {median(cpu):.1f} CPU ms/interval"
+                    )
+                    rows.append(
+                        [
+                            backend,
+                            n,
+                            f"{median([r.steady.rate() for r in runs]):.1f}",
+                            f"{median(steady):.1f}",
+                            spread(steady, ".1f"),
+                            f"{median(whole):.1f}",
+                            spread(whole, ".1f"),
+                            f"{median(cpu):.1f}",
+                        ]
+                    )
                     if backend == "sqlite" and n == max(worker_counts):
                         headline = n, median(steady), median(whole), median(cpu)
         except Skip as e:
             notes.append(f"- {backend} skipped: {e}")
-    text = ["#### (a) Overhead per interval, no-op training\n",
-            f"`bench/specs/noop.py` (16 float64s saved with numpy), population {population}, "
-            f"{intervals} intervals ({population * intervals} in all), async, through `popbt.run(workers=N)`: "
-            f"N `python -m popbt worker` processes on CPU, checkpoints on local disk. Overhead per "
-            f"interval = (wall × workers − time in train()) / intervals, as train() costs ~0. *Steady*: "
-            f"only the stretch when all N workers were busy (last worker's first claim to first worker's "
-            f"last report, database clock). *Whole run*: the `popbt.run` call, N worker start-ups "
-            f"(Python, imports, connect) included. *CPU ms/interval*: CPU time of the launcher and its "
-            f"workers per interval, worker start-up subtracted (database server not counted). Median "
-            f"of {reps} repetitions (range: min–max).\n",
-            table(["backend", "workers", "intervals/s (steady)", "ms/interval (steady)", "range",
-                   "ms/interval (whole run)", "range", "CPU ms/interval"], rows)]
+    text = [
+        "#### (a) Overhead per interval, no-op training\n",
+        f"`bench/specs/noop.py` (16 float64s saved with numpy), population {population}, "
+        f"{intervals} intervals ({population * intervals} in all), async, through `popbt.run(workers=N)`: "
+        f"N `python -m popbt worker` processes on CPU, checkpoints on local disk. Overhead per "
+        f"interval = (wall × workers − time in train()) / intervals, as train() costs ~0. *Steady*: "
+        f"only the stretch when all N workers were busy (last worker's first claim to first worker's "
+        f"last report, database clock). *Whole run*: the `popbt.run` call, N worker start-ups "
+        f"(Python, imports, connect) included. *CPU ms/interval*: CPU time of the launcher and its "
+        f"workers per interval, worker start-up subtracted (database server not counted). Median "
+        f"of {reps} repetitions (range: min–max).\n",
+        table(
+            [
+                "backend",
+                "workers",
+                "intervals/s (steady)",
+                "ms/interval (steady)",
+                "range",
+                "ms/interval (whole run)",
+                "range",
+                "CPU ms/interval",
+            ],
+            rows,
+        ),
+    ]
     if headline:
         text.append(target_verdict(*headline))
     return "\n".join(text + notes) + "\n"
@@ -194,20 +250,24 @@ def target_verdict(workers: int, steady_ms: float, whole_ms: float, cpu_ms: floa
     """Say plainly whether the ≤ 5 ms target was met, and why not when it was missed."""
     cores = os.cpu_count() or 1
     verdict = "met" if steady_ms <= TARGET_MS else "missed"
-    text = (f"\nTarget: ≤ {TARGET_MS:g} ms overhead per interval on sqlite with 8 workers: **{verdict}** "
-            f"with {workers} workers here ({steady_ms:.1f} ms steady, {whole_ms:.1f} ms over the whole run).")
+    text = (
+        f"\nTarget: ≤ {TARGET_MS:g} ms overhead per interval on sqlite with 8 workers: **{verdict}** "
+        f"with {workers} workers here ({steady_ms:.1f} ms steady, {whole_ms:.1f} ms over the whole run)."
+    )
     if workers < 8:
         text += " (--quick runs fewer workers; the full run measures 8.)"
     if steady_ms > TARGET_MS and workers > cores:
-        text += (f" On this {cores}-core machine wall × {workers} workers counts every CPU-second "
-                 f"{workers / cores:g} times: with a no-op train() the {workers} workers do nothing but "
-                 f"popbt's own work (about {cpu_ms:.0f} CPU ms per interval here: claim, build, load with "
-                 f"checksum, save with checksum, fsync and rename, report; see (d) for the uncontended "
-                 f"breakdown), so each gets about {cores / workers:.2g} of a core and queues for sqlite's "
-                 f"single writer: {workers} × {cpu_ms:.0f} / {cores} ≈ {workers * cpu_ms / cores:.0f} ms, the "
-                 f"order of what is measured. The target can only be met where each worker has a core "
-                 f"and popbt's CPU cost per interval is under 5 ms; (b) shows the cost per interval "
-                 f"when training, not popbt, occupies the workers.")
+        text += (
+            f" On this {cores}-core machine wall × {workers} workers counts every CPU-second "
+            f"{workers / cores:g} times: with a no-op train() the {workers} workers do nothing but "
+            f"popbt's own work (about {cpu_ms:.0f} CPU ms per interval here: claim, build, load with "
+            f"checksum, save with checksum, fsync and rename, report; see (d) for the uncontended "
+            f"breakdown), so each gets about {cores / workers:.2g} of a core and queues for sqlite's "
+            f"single writer: {workers} × {cpu_ms:.0f} / {cores} ≈ {workers * cpu_ms / cores:.0f} ms, the "
+            f"order of what is measured. The target can only be met where each worker has a core "
+            f"and popbt's CPU cost per interval is under 5 ms; (b) shows the cost per interval "
+            f"when training, not popbt, occupies the workers."
+        )
     elif steady_ms > TARGET_MS:
         text += f" popbt's own work costs {cpu_ms:.1f} CPU ms per interval (see (d) for where it goes)."
     return text
@@ -224,44 +284,72 @@ def part_b(quick: bool) -> str:
     with storage("sqlite") as (url, run_dir):
         for sync in (False, True):
             mode = "sync" if sync else "async"
-            runs = [timed_run(SLEEP, url, run_dir, f"sleep-{mode}-{r}", workers, population, intervals,
-                              sync=sync, seed=r) for r in range(reps)]
+            runs = [
+                timed_run(SLEEP, url, run_dir, f"sleep-{mode}-{r}", workers, population, intervals, sync=sync, seed=r)
+                for r in range(reps)
+            ]
             steady = [r.steady.utilisation() * 100 for r in runs]
             whole = [r.utilisation() * 100 for r in runs]
             idle = [r.steady.overhead_ms() for r in runs]
             log(f"overhead b: {mode}: utilisation {median(steady):.2f}% steady, {median(whole):.2f}% whole run")
-            rows.append([mode, f"{median(steady):.2f}%", spread(steady, ".2f"), f"{median(idle):.1f}",
-                         f"{median(whole):.2f}%", spread(whole, ".2f")])
+            rows.append(
+                [
+                    mode,
+                    f"{median(steady):.2f}%",
+                    spread(steady, ".2f"),
+                    f"{median(idle):.1f}",
+                    f"{median(whole):.2f}%",
+                    spread(whole, ".2f"),
+                ]
+            )
             if not sync:
                 verdict = utilisation_verdict(median(steady), median(idle), seconds)
-    return "\n".join([
-        "#### (b) Worker utilisation, training that sleeps\n",
-        f"`bench/specs/sleep1.py` sleeping {seconds:g} s per interval (`POPBT_BENCH_SLEEP`), population "
-        f"{population}, {intervals} intervals, {workers} workers through `popbt.run`, sqlite. Utilisation = "
-        f"time inside train() (measured by the spec, summed over the history) / (workers × wall). "
-        f"*Steady*: the stretch when all {workers} workers were busy (as in (a)); *whole run*: the "
-        f"`popbt.run` call, {workers} worker start-ups and the tail included. *ms outside train() per "
-        f"interval*: worker-time outside user code in the steady stretch / intervals. Median of {reps} "
-        f"repetitions (range: min–max). Target: ≥ 99.5% async.\n",
-        table(["mode", "utilisation (steady)", "range", "ms outside train() per interval",
-               "utilisation (whole run)", "range"], rows),
-        verdict,
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "#### (b) Worker utilisation, training that sleeps\n",
+                f"`bench/specs/sleep1.py` sleeping {seconds:g} s per interval (`POPBT_BENCH_SLEEP`), population "
+                f"{population}, {intervals} intervals, {workers} workers through `popbt.run`, sqlite. Utilisation = "
+                f"time inside train() (measured by the spec, summed over the history) / (workers × wall). "
+                f"*Steady*: the stretch when all {workers} workers were busy (as in (a)); *whole run*: the "
+                f"`popbt.run` call, {workers} worker start-ups and the tail included. *ms outside train() per "
+                f"interval*: worker-time outside user code in the steady stretch / intervals. Median of {reps} "
+                f"repetitions (range: min–max). Target: ≥ 99.5% async.\n",
+                table(
+                    [
+                        "mode",
+                        "utilisation (steady)",
+                        "range",
+                        "ms outside train() per interval",
+                        "utilisation (whole run)",
+                        "range",
+                    ],
+                    rows,
+                ),
+                verdict,
+            ]
+        )
+        + "\n"
+    )
 
 
 def utilisation_verdict(steady_pct: float, idle_ms: float, seconds: float) -> str:
     """Whether async met ≥ 99.5%, and what per-interval cost that target implies."""
     allowed = seconds * 1000 * (1 / 0.995 - 1)
     met = "met" if steady_pct >= 99.5 else "missed"
-    text = (f"\nTarget ≥ 99.5% async: **{met}** ({steady_pct:.2f}% steady). At {seconds:g} s per interval "
-            f"the target allows {allowed:.1f} ms outside train() per interval; here it is {idle_ms:.1f} ms")
+    text = (
+        f"\nTarget ≥ 99.5% async: **{met}** ({steady_pct:.2f}% steady). At {seconds:g} s per interval "
+        f"the target allows {allowed:.1f} ms outside train() per interval; here it is {idle_ms:.1f} ms"
+    )
     if steady_pct >= 99.5:
         return text + "."
-    return (text + ", about what one interval of popbt's own work costs with no contention (see (d): "
-            "claim, checkpoint write and above all report()). Sync loses more: a worker that finishes "
-            "its share of a generation waits for the slowest member, then polls with backoff (up to 1 s) "
-            "before it claims from the next generation. The whole-run figure adds the start-up of "
-            "the worker processes, which short runs on few cores feel most.")
+    return (
+        text + ", about what one interval of popbt's own work costs with no contention (see (d): "
+        "claim, checkpoint write and above all report()). Sync loses more: a worker that finishes "
+        "its share of a generation waits for the slowest member, then polls with backoff (up to 1 s) "
+        "before it claims from the next generation. The whole-run figure adds the start-up of "
+        "the worker processes, which short runs on few cores feel most."
+    )
 
 
 # -- (c) exploit cost against checkpoint size -----------------------------------------------
@@ -274,7 +362,7 @@ def write_file(path: Path, size: int) -> str:
     with open(path, "wb") as f:
         left = size
         while left:
-            chunk = block[:min(left, len(block))]
+            chunk = block[: min(left, len(block))]
             f.write(chunk)
             digest.update(chunk)
             left -= len(chunk)
@@ -303,12 +391,14 @@ class ReportCost:
     process_bytes: int | None  # write() bytes of this process during report() (sqlite's WAL)
 
 
-def exploit_report(store: SQLStore, ckpt: Path, name: str, donor: tuple[str, str], loser: tuple[str, str],
-                   size: int) -> ReportCost:
+def exploit_report(
+    store: SQLStore, ckpt: Path, name: str, donor: tuple[str, str], loser: tuple[str, str], size: int
+) -> ReportCost:
     """Member 1 reports a worse score than member 0 in a population of 2: that report decides
     member 1's exploit of member 0's checkpoint. Time it and count the bytes it writes."""
-    config = ExperimentConfig(name=name, spec="bench-exploit", space={"x": popbt.Uniform(0.0, 1.0)},
-                              population=2, intervals=2, seed=0)
+    config = ExperimentConfig(
+        name=name, spec="bench-exploit", space={"x": popbt.Uniform(0.0, 1.0)}, population=2, intervals=2, seed=0
+    )
     exp = store.create_experiment(config, str(ckpt))
     first, second = store.claim(exp.id, "bench", "cpu"), store.claim(exp.id, "bench", "cpu")
     store.report(first, Result(1.0, {}, donor[0], donor[1], size))
@@ -356,19 +446,37 @@ def part_c(quick: bool) -> str:
                     store.close()
         except Skip as e:
             notes.append(f"- {backend} skipped: {e}")
-    return "\n".join([
-        "#### (c) Exploit cost against checkpoint size\n",
-        "`SQLStore.report()` of the member that loses (population 2: its report decides that its next "
-        "task starts from the donor's checkpoint), with real checkpoint files of each size on local disk, "
-        "against what a design that copies the donor's file would pay: `shutil.copyfile` (the source is "
-        "in the page cache, as just-written checkpoints are), and the copy fsynced as popbt fsyncs its "
-        f"own checkpoints. Median of {reps} repetitions (range: min–max). *Checkpoint bytes written* is the "
-        "growth of the checkpoint directory during report(); *process write() bytes* is everything the "
-        "benchmark process wrote meanwhile (sqlite's WAL; on PostgreSQL the server writes, not us).\n",
-        table(["backend", "checkpoint", "report() ms", "range", "checkpoint bytes written",
-               "process write() bytes", "copyfile ms", "copy+fsync ms", "bytes a copy writes",
-               "copy+fsync / report()"], rows),
-    ] + notes) + "\n"
+    return (
+        "\n".join(
+            [
+                "#### (c) Exploit cost against checkpoint size\n",
+                "`SQLStore.report()` of the member that loses (population 2: its report decides that its next "
+                "task starts from the donor's checkpoint), with real checkpoint files of each size on local disk, "
+                "against what a design that copies the donor's file would pay: `shutil.copyfile` (the source is "
+                "in the page cache, as just-written checkpoints are), and the copy fsynced as popbt fsyncs its "
+                f"own checkpoints. Median of {reps} repetitions (range: min–max). *Checkpoint bytes written* is the "
+                "growth of the checkpoint directory during report(); *process write() bytes* is everything the "
+                "benchmark process wrote meanwhile (sqlite's WAL; on PostgreSQL the server writes, not us).\n",
+                table(
+                    [
+                        "backend",
+                        "checkpoint",
+                        "report() ms",
+                        "range",
+                        "checkpoint bytes written",
+                        "process write() bytes",
+                        "copyfile ms",
+                        "copy+fsync ms",
+                        "bytes a copy writes",
+                        "copy+fsync / report()",
+                    ],
+                    rows,
+                ),
+            ]
+            + notes
+        )
+        + "\n"
+    )
 
 
 def exploit_row(store: SQLStore, ckpt: Path, backend: str, size: int, reps: int) -> list[object]:
@@ -383,19 +491,30 @@ def exploit_row(store: SQLStore, ckpt: Path, backend: str, size: int, reps: int)
     loser_path.unlink()
     report_ms = [c.seconds * 1000 for c in costs]
     io = [c.process_bytes for c in costs if c.process_bytes is not None]
-    return [backend, human(size), f"{median(report_ms):.1f}", spread(report_ms, ".1f"),
-            max(c.file_bytes for c in costs), f"{median(io):,.0f}" if io else "n/a",
-            f"{median(copies) * 1000:.1f}", f"{median(synced) * 1000:.1f}", f"{size:,}",
-            f"{median(synced) * 1000 / median(report_ms):,.1f}×"]
+    return [
+        backend,
+        human(size),
+        f"{median(report_ms):.1f}",
+        spread(report_ms, ".1f"),
+        max(c.file_bytes for c in costs),
+        f"{median(io):,.0f}" if io else "n/a",
+        f"{median(copies) * 1000:.1f}",
+        f"{median(synced) * 1000:.1f}",
+        f"{size:,}",
+        f"{median(synced) * 1000 / median(report_ms):,.1f}×",
+    ]
 
 
 # -- (d) where the time goes ---------------------------------------------------------------
 
 
-STAGES = (("claim", SQLStore, "claim"), ("report (decide, schedule, collect garbage)", SQLStore, "report"),
-          ("checkpoint write (save, fsync, sha256, rename)", checkpoints.CheckpointDir, "write"),
-          ("checkpoint verify (sha256)", checkpoints, "verify"),
-          ("whole interval (claim excluded)", Worker, "train_one"))
+STAGES = (
+    ("claim", SQLStore, "claim"),
+    ("report (decide, schedule, collect garbage)", SQLStore, "report"),
+    ("checkpoint write (save, fsync, sha256, rename)", checkpoints.CheckpointDir, "write"),
+    ("checkpoint verify (sha256)", checkpoints, "verify"),
+    ("whole interval (claim excluded)", Worker, "train_one"),
+)
 
 
 @contextlib.contextmanager
@@ -412,6 +531,7 @@ def stage_timers() -> Iterator[dict[str, list[float]]]:
                 return fn(*args, **kwargs)
             finally:
                 spent[label].append(time.perf_counter() - start)
+
         return wrapper
 
     for (label, owner, attr), (_, _, fn) in zip(STAGES, originals):
@@ -432,8 +552,9 @@ def part_d(quick: bool) -> str:
                 spec = popbt.load_spec(NOOP)
                 store = SQLStore(url)
                 try:
-                    exp = store.create_experiment(spec.config("stages", population=population,
-                                                              intervals=intervals, seed=0), f"{tmp}/checkpoints")
+                    exp = store.create_experiment(
+                        spec.config("stages", population=population, intervals=intervals, seed=0), f"{tmp}/checkpoints"
+                    )
                     with stage_timers() as spent:
                         cpu, start = time.process_time(), time.perf_counter()
                         Worker(store, exp, spec).run()
@@ -446,16 +567,23 @@ def part_d(quick: bool) -> str:
         n = population * intervals
         for label, values in spent.items():
             rows.append([backend, label, f"{median(values) * 1000:.2f}", f"{sum(values) / n * 1000:.2f}"])
-        rows.append([backend, "**worker loop: wall / CPU per interval**", "",
-                     f"{wall / n * 1000:.2f} / {cpu / n * 1000:.2f}"])
-    return "\n".join([
-        "#### (d) Where a worker's time goes, no-op training\n",
-        f"One in-process `Worker` on `bench/specs/noop.py`, population {population}, {intervals} intervals, "
-        f"alone on the store: each stage of the worker loop timed with `time.perf_counter` (median per "
-        f"call, and total per interval). What is not listed is build/load/train/evaluate of the "
-        f"no-op spec, the heartbeat thread and seeding.\n",
-        table(["backend", "stage", "median ms per call", "ms per interval"], rows),
-    ] + notes) + "\n"
+        rows.append(
+            [backend, "**worker loop: wall / CPU per interval**", "", f"{wall / n * 1000:.2f} / {cpu / n * 1000:.2f}"]
+        )
+    return (
+        "\n".join(
+            [
+                "#### (d) Where a worker's time goes, no-op training\n",
+                f"One in-process `Worker` on `bench/specs/noop.py`, population {population}, {intervals} intervals, "
+                f"alone on the store: each stage of the worker loop timed with `time.perf_counter` (median per "
+                f"call, and total per interval). What is not listed is build/load/train/evaluate of the "
+                f"no-op spec, the heartbeat thread and seeding.\n",
+                table(["backend", "stage", "median ms per call", "ms per interval"], rows),
+            ]
+            + notes
+        )
+        + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

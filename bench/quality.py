@@ -71,15 +71,29 @@ class Outcome:
     cpu: float  # the worker processes' CPU seconds: what the run costs, however busy the machine
 
 
-DIGITS = Task("digits", "scikit-learn digits (MLP)", "popbt.examples.digits", 8, 10, None,
-              "`popbt.examples.digits`: an MLP on scikit-learn's 8×8 digits, SGD's lr, momentum and weight decay "
-              "searched; an interval is one pass over the 1,079 training images. *Validation*: accuracy on the "
-              "359-image validation split (the score the search sees). *Test*: accuracy on the 359-image test "
-              "split, which no decision sees; one image is 0.28 points, so equal accuracies are common.")
-FASHION = Task("fashion", "Fashion-MNIST subset (ConvNet)", "popbt.examples.mnist", 8, 10, 10_000,
-               "`popbt.examples.mnist` (the original PyTorch PBT tool's ConvNet, SGD's lr and momentum searched) "
-               "on Fashion-MNIST. An interval is half an epoch. *Validation*: accuracy on the 20% of the "
-               "training images held out for the score. *Test*: accuracy on the 10,000 t10k images.")
+DIGITS = Task(
+    "digits",
+    "scikit-learn digits (MLP)",
+    "popbt.examples.digits",
+    8,
+    10,
+    None,
+    "`popbt.examples.digits`: an MLP on scikit-learn's 8×8 digits, SGD's lr, momentum and weight decay "
+    "searched; an interval is one pass over the 1,079 training images. *Validation*: accuracy on the "
+    "359-image validation split (the score the search sees). *Test*: accuracy on the 359-image test "
+    "split, which no decision sees; one image is 0.28 points, so equal accuracies are common.",
+)
+FASHION = Task(
+    "fashion",
+    "Fashion-MNIST subset (ConvNet)",
+    "popbt.examples.mnist",
+    8,
+    10,
+    10_000,
+    "`popbt.examples.mnist` (the original PyTorch PBT tool's ConvNet, SGD's lr and momentum searched) "
+    "on Fashion-MNIST. An interval is half an epoch. *Validation*: accuracy on the 20% of the "
+    "training images held out for the score. *Test*: accuracy on the 10,000 t10k images.",
+)
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -125,19 +139,33 @@ def one_run(task: Task, method: Method, seed: int) -> Outcome:
         storage = f"sqlite:///{run_dir}/popbt.db"
         start, cpu_start = time.perf_counter(), children_cpu()
         try:
-            summary = popbt.run(task.spec, name=name, population=task.population, intervals=task.intervals,
-                                workers=WORKERS, devices="cpu", seed=seed, sync=False, storage=storage,
-                                dir=run_dir, console=quiet(), **method.settings)
+            summary = popbt.run(
+                task.spec,
+                name=name,
+                population=task.population,
+                intervals=task.intervals,
+                workers=WORKERS,
+                devices="cpu",
+                seed=seed,
+                sync=False,
+                storage=storage,
+                dir=run_dir,
+                console=quiet(),
+                **method.settings,
+            )
         except RuntimeError as e:  # the logs die with the directory: show their ends
             raise RuntimeError(f"{e}\n{worker_logs(run_dir)}") from None
         wall, cpu = time.perf_counter() - start, children_cpu() - cpu_start
         best = summary.best
         if not summary.finished or best is None or best.weights is None or best.interval != task.intervals - 1:
             raise RuntimeError(f"experiment {name} did not finish")
-        outcome = Outcome(task.name, method, seed, best.score, test_accuracy(task, best),
-                          count_exploits(storage, name), wall, cpu)
-    log(f"quality: {task.name} {method.label} seed {seed}: validation {outcome.validation:.4f}, "
-        f"test {outcome.test:.4f}, {outcome.exploits} exploits, {wall:.0f} s, {cpu:.0f} CPU s")
+        outcome = Outcome(
+            task.name, method, seed, best.score, test_accuracy(task, best), count_exploits(storage, name), wall, cpu
+        )
+    log(
+        f"quality: {task.name} {method.label} seed {seed}: validation {outcome.validation:.4f}, "
+        f"test {outcome.test:.4f}, {outcome.exploits} exploits, {wall:.0f} s, {cpu:.0f} CPU s"
+    )
     return outcome
 
 
@@ -146,8 +174,12 @@ def fashion_problem() -> str | None:
     from popbt.examples import mnist
 
     try:
-        for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                     "t10k-labels-idx1-ubyte"):
+        for name in (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ):
             mnist.find_idx(mnist.data_dir(), name)
     except FileNotFoundError as e:
         return str(e)
@@ -182,13 +214,33 @@ def summary_table(outcomes: list[Outcome]) -> str:
     for method in METHODS:
         mine = by_seed(outcomes, method)
         tests, vals = [o.test for o in mine.values()], [o.validation for o in mine.values()]
-        rows.append([method.label, f"{median(tests):.4f}", spread(tests, ".4f"), f"{median(vals):.4f}",
-                     spread(vals, ".4f"), f"{median([o.exploits for o in mine.values()]):g}",
-                     f"{median([o.wall for o in mine.values()]):.0f}", f"{median([o.cpu for o in mine.values()]):.0f}",
-                     "—" if method is RANDOM else duel(mine, random)])
-    return table(["method", "test accuracy (median)", "test min–max", "validation (median)", "validation min–max",
-                  "exploits per run", "wall s/run", "worker CPU s/run", "same-seed test wins–ties–losses vs random"],
-                 rows)
+        rows.append(
+            [
+                method.label,
+                f"{median(tests):.4f}",
+                spread(tests, ".4f"),
+                f"{median(vals):.4f}",
+                spread(vals, ".4f"),
+                f"{median([o.exploits for o in mine.values()]):g}",
+                f"{median([o.wall for o in mine.values()]):.0f}",
+                f"{median([o.cpu for o in mine.values()]):.0f}",
+                "—" if method is RANDOM else duel(mine, random),
+            ]
+        )
+    return table(
+        [
+            "method",
+            "test accuracy (median)",
+            "test min–max",
+            "validation (median)",
+            "validation min–max",
+            "exploits per run",
+            "wall s/run",
+            "worker CPU s/run",
+            "same-seed test wins–ties–losses vs random",
+        ],
+        rows,
+    )
 
 
 def seed_table(outcomes: list[Outcome], seeds: Sequence[int]) -> str:
@@ -199,15 +251,18 @@ def seed_table(outcomes: list[Outcome], seeds: Sequence[int]) -> str:
 
 def section(task: Task, seeds: Sequence[int], outcomes: list[Outcome] | None, skipped: str | None) -> str:
     images = f"the first {task.limit:,} training images" if task.limit else "all its training images"
-    size = (f"Population {task.population}, {task.intervals} intervals"
-            f"{', ' + images if task.name == FASHION.name else ''}, {len(seeds)} seeds ({seeds[0]}–{seeds[-1]}) "
-            f"per method.")
+    size = (
+        f"Population {task.population}, {task.intervals} intervals"
+        f"{', ' + images if task.name == FASHION.name else ''}, {len(seeds)} seeds ({seeds[0]}–{seeds[-1]}) "
+        f"per method."
+    )
     head = f"#### {task.title}\n\n{task.describe} {size}\n"
     if skipped:
         return f"{head}\nSkipped: {skipped}\n"
     assert outcomes is not None
-    return "\n".join([head, summary_table(outcomes), "", "Each seed's best final model:", "",
-                      seed_table(outcomes, seeds), ""])
+    return "\n".join(
+        [head, summary_table(outcomes), "", "Each seed's best final model:", "", seed_table(outcomes, seeds), ""]
+    )
 
 
 def preamble() -> str:
@@ -240,8 +295,12 @@ def chosen_tasks(args: argparse.Namespace) -> list[Task]:
     if args.quick:
         digits = replace(digits, intervals=4)
         fashion = replace(fashion, population=4, intervals=4, limit=3000)
-    fashion = replace(fashion, population=args.population or fashion.population,
-                      intervals=args.intervals or fashion.intervals, limit=args.limit or fashion.limit)
+    fashion = replace(
+        fashion,
+        population=args.population or fashion.population,
+        intervals=args.intervals or fashion.intervals,
+        limit=args.limit or fashion.limit,
+    )
     known = {t.name: t for t in (digits, fashion)}
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]

@@ -92,8 +92,9 @@ def one_run(variant: Variant, population: int, seed: int, workdir: str) -> Run:
     """Create one experiment in a fresh sqlite file, train it, read back its result."""
     name = f"toy-{variant.search}-{'sync' if variant.sync else 'async'}-p{population}-s{seed}"
     url = f"sqlite:///{workdir}/{name}.db"
-    config = spec().config(name, population=population, intervals=INTERVALS, seed=seed,
-                           search=variant.search, sync=variant.sync)
+    config = spec().config(
+        name, population=population, intervals=INTERVALS, seed=seed, search=variant.search, sync=variant.sync
+    )
     store = open_store(url)
     try:
         store.create_experiment(config, f"{workdir}/checkpoints/{name}")
@@ -119,9 +120,11 @@ def record(runs: list[Run], variant: Variant, population: int, seeds: Sequence[i
     for seed in seeds:
         runs.append(one_run(variant, population, seed, workdir))
     mine = [r for r in runs if r.variant == variant and r.population == population]
-    log(f"toy: population {population}, {variant.label} {variant.mode}: median Q "
+    log(
+        f"toy: population {population}, {variant.label} {variant.mode}: median Q "
         f"{median([r.q for r in mine]):.4f}, median exploits {median([r.exploits for r in mine]):g}, "
-        f"{median([r.seconds for r in mine]):.1f} s/run")
+        f"{median([r.seconds for r in mine]):.1f} s/run"
+    )
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -141,9 +144,17 @@ def duel(pbt: dict[int, Run], random: dict[int, Run]) -> tuple[int, int, int]:
 def row(runs: dict[int, Run], variant: Variant, population: int, versus: dict[int, Run]) -> list[object]:
     qs = [r.q for r in runs.values()]
     record_ = "—" if variant is RANDOM else "{}–{}–{}".format(*duel(runs, versus))
-    return [population, variant.mode, variant.label, f"{median(qs):.4f}", f"{percentile(qs, 10):.4f}",
-            f"{percentile(qs, 90):.4f}", f"{median([r.exploits for r in runs.values()]):g}", record_,
-            f"{median([r.seconds for r in runs.values()]):.1f}"]
+    return [
+        population,
+        variant.mode,
+        variant.label,
+        f"{median(qs):.4f}",
+        f"{percentile(qs, 10):.4f}",
+        f"{percentile(qs, 90):.4f}",
+        f"{median([r.exploits for r in runs.values()]):g}",
+        record_,
+        f"{median([r.seconds for r in runs.values()]):.1f}",
+    ]
 
 
 def verdict(runs: list[Run], n_seeds: int) -> str:
@@ -156,9 +167,11 @@ def verdict(runs: list[Run], n_seeds: int) -> str:
     wins, _, _ = duel(pbt, random)
     needed = math.ceil(TARGET_WIN_SHARE * n_seeds)
     met = q >= TARGET_MEDIAN and wins >= needed
-    return (f"**Target: async PBT at population {population}: median ≥ {TARGET_MEDIAN} and beats random "
-            f"search on ≥ {needed} of {n_seeds} seeds.** Measured: median {q:.4f}, {wins} of {n_seeds} "
-            f"seeds — **{'met' if met else 'not met'}**.")
+    return (
+        f"**Target: async PBT at population {population}: median ≥ {TARGET_MEDIAN} and beats random "
+        f"search on ≥ {needed} of {n_seeds} seeds.** Measured: median {q:.4f}, {wins} of {n_seeds} "
+        f"seeds — **{'met' if met else 'not met'}**."
+    )
 
 
 def same_as_sync(runs: list[Run]) -> str:
@@ -173,8 +186,17 @@ def report(runs: list[Run], populations: Sequence[int], seeds: Sequence[int]) ->
     for population in populations:
         random = select(runs, RANDOM, population)
         rows += [row(select(runs, variant, population), variant, population, random) for variant in VARIANTS]
-    headers = ["population", "mode", "method", "median Q", "10th pct", "90th pct", "exploits per run (median)",
-               "same-seed wins–ties–losses vs random", "s/run (median)"]
+    headers = [
+        "population",
+        "mode",
+        "method",
+        "median Q",
+        "10th pct",
+        "90th pct",
+        "exploits per run (median)",
+        "same-seed wins–ties–losses vs random",
+        "s/run (median)",
+    ]
     return f"""{common.heading("PBT paper's toy problem (Figure 2): PBT against random search")}
 `popbt.examples.toy_quadratic`: Q(θ) = 1.2 − (θ0² + θ1²), θ starts at (0.9, 0.9), gradient ascent on
 Q̂(θ|h) = 1.2 − (h0·θ0² + h1·θ1²), {toy_quadratic.STEPS_PER_INTERVAL} steps per interval, {INTERVALS} intervals

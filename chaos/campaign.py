@@ -99,18 +99,26 @@ KNOWN = {
     "KF1": "worker.py Worker.train_one: SystemExit from user code kills the worker; no line says why",
     "KF2": "worker.py _plain/report: a NaN extra metric is invalid JSON for PostgreSQL; the worker dies (DataError)",
     "KF3": "sql.py SQLStore.claim: a lease taken over after a crash is not an attempt, so an interval that kills "
-           "its worker is retried forever (never replaced or given up)",
+    "its worker is retried forever (never replaced or given up)",
     "KF4": "worker.py split_score: evaluate() returning the str '0.5' is accepted as a score",
     "KF6": "decide.py replace/_select: a checkpoint already marked corrupt is still chosen as the donor, "
-           "so members replaced after failing copy it again until they are given up",
+    "so members replaced after failing copy it again until they are given up",
     "KF7": "decide.py replace: one exception from the spec's explore hook during a replacement gives "
-           "the member up at once (no retry, no fallback to the default explore)",
+    "the member up at once (no retry, no fallback to the default explore)",
     "KF5": "cli.py cmd_status: event lines wrap at 80 columns when stdout is not a terminal "
-           "(one event, two lines; this campaign reads status with COLUMNS=1000)",
+    "(one event, two lines; this campaign reads status with COLUMNS=1000)",
 }
 OBSERVED: set[str] = set()
-KILLS = {"kill_after_claim", "kill_in_train", "kill_ckpt_written", "kill_in_report", "hang_then_kill",
-         "poison_task", "kill_worker_random", "kill_run_and_workers"}  # campaign-level known failures seen
+KILLS = {
+    "kill_after_claim",
+    "kill_in_train",
+    "kill_ckpt_written",
+    "kill_in_report",
+    "hang_then_kill",
+    "poison_task",
+    "kill_worker_random",
+    "kill_run_and_workers",
+}  # campaign-level known failures seen
 
 LOCKER = r"""
 import sqlite3, sys, time
@@ -148,8 +156,14 @@ class Fault:
 
     def control(self) -> dict:
         at, do, _ = IN_SPEC[self.kind]
-        entry = {"id": self.id, "at": at, "do": do, "member": self.member, "interval": self.interval,
-                 "times": self.times}
+        entry = {
+            "id": self.id,
+            "at": at,
+            "do": do,
+            "member": self.member,
+            "interval": self.interval,
+            "times": self.times,
+        }
         if self.delay:
             entry["delay"] = self.delay
         return entry
@@ -172,8 +186,10 @@ class RunPlan:
     def label(self) -> str:
         mode = "sync" if self.sync else "async"
         extra = ", checkpoints in db" if self.ckpt_db else ""
-        return (f"run {self.index:02d} [{self.backend}, {self.population}x{self.intervals}, {mode}, "
-                f"lease {self.lease:g}s{extra}]")
+        return (
+            f"run {self.index:02d} [{self.backend}, {self.population}x{self.intervals}, {mode}, "
+            f"lease {self.lease:g}s{extra}]"
+        )
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -190,17 +206,40 @@ def applicable(kind: str, backend: str, ckpt_db: bool) -> bool:
 
 
 WEIGHTS = {
-    "kill_worker_random": 6, "stop_worker_random": 3, "kill_run": 1.5, "kill_run_and_workers": 1.5,
-    "ckpt_truncate": 2, "ckpt_bitflip": 2, "ckpt_delete": 2, "sqlite_lock": 3, "pg_restart": 3,
-    "kill_after_claim": 2, "kill_in_train": 2, "kill_ckpt_written": 3, "kill_in_report": 3,
-    "hang_then_kill": 1.5, "stop_past_lease": 1.5, "save_half_oserror": 3, "exit_train": 0.5,
-    "score_nan": 1, "score_inf": 1, "score_string": 1, "score_numeric_string": 0.3, "score_none": 1,
-    "score_nometric": 1, "metric_nan": 0.5, "raise_build": 1, "raise_train": 1.5, "raise_evaluate": 1,
-    "raise_save": 1, "raise_load": 1.5, "raise_apply": 1, "raise_explore": 1,
+    "kill_worker_random": 6,
+    "stop_worker_random": 3,
+    "kill_run": 1.5,
+    "kill_run_and_workers": 1.5,
+    "ckpt_truncate": 2,
+    "ckpt_bitflip": 2,
+    "ckpt_delete": 2,
+    "sqlite_lock": 3,
+    "pg_restart": 3,
+    "kill_after_claim": 2,
+    "kill_in_train": 2,
+    "kill_ckpt_written": 3,
+    "kill_in_report": 3,
+    "hang_then_kill": 1.5,
+    "stop_past_lease": 1.5,
+    "save_half_oserror": 3,
+    "exit_train": 0.5,
+    "score_nan": 1,
+    "score_inf": 1,
+    "score_string": 1,
+    "score_numeric_string": 0.3,
+    "score_none": 1,
+    "score_nometric": 1,
+    "metric_nan": 0.5,
+    "raise_build": 1,
+    "raise_train": 1.5,
+    "raise_evaluate": 1,
+    "raise_save": 1,
+    "raise_load": 1.5,
+    "raise_apply": 1,
+    "raise_explore": 1,
 }
 ONCE_PER_RUN = {"failing_member", "poison_task", "sqlite_lock_long", "kill_run", "kill_run_and_workers"}
-CAMPAIGN_CAP = {"poison_task": 2, "sqlite_lock_long": 2, "exit_train": 3, "metric_nan": 3,
-                "score_numeric_string": 2}
+CAMPAIGN_CAP = {"poison_task": 2, "sqlite_lock_long": 2, "exit_train": 3, "metric_nan": 3, "score_numeric_string": 2}
 
 
 def make_plan(seed: int, faults: int, backends: list[str]) -> list[RunPlan]:
@@ -271,8 +310,20 @@ def make_plan(seed: int, faults: int, backends: list[str]) -> list[RunPlan]:
                     f.duration = 32.0
                     f.at = rng.uniform(0.2, 0.6)
             run_faults.append(f)
-        runs.append(RunPlan(index, backend, population, intervals, sync, lease, rng.randrange(10**6),
-                            "raise_explore" in kinds or rng.random() < 0.3, ckpt_db, run_faults))
+        runs.append(
+            RunPlan(
+                index,
+                backend,
+                population,
+                intervals,
+                sync,
+                lease,
+                rng.randrange(10**6),
+                "raise_explore" in kinds or rng.random() < 0.3,
+                ckpt_db,
+                run_faults,
+            )
+        )
         planned += len(run_faults)
     return runs
 
@@ -295,8 +346,12 @@ class Run:
         else:
             self.url = cluster.create_database(self.name)
         self.logs = self.dir / "logs" / self.name
-        self.env = {**os.environ, "CHAOS_CONTROL": str(self.control), "CHAOS_LEASE": str(plan.lease),
-                    "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            "CHAOS_CONTROL": str(self.control),
+            "CHAOS_LEASE": str(plan.lease),
+            "PYTHONUNBUFFERED": "1",
+        }
         self.launchers: list[subprocess.Popen] = []
         self.extras: list[subprocess.Popen] = []
         self.lockers: list[tuple[Fault, subprocess.Popen]] = []
@@ -320,9 +375,27 @@ class Run:
 
     def launcher_cmd(self) -> list[str]:
         p = self.plan
-        cmd = [PY, "-m", "popbt", "run", SPEC, "--name", self.name, "--population", str(p.population),
-               "--intervals", str(p.intervals), "--seed", str(p.seed), "--workers", str(WORKERS),
-               "--storage", self.url, "--dir", str(self.dir)]
+        cmd = [
+            PY,
+            "-m",
+            "popbt",
+            "run",
+            SPEC,
+            "--name",
+            self.name,
+            "--population",
+            str(p.population),
+            "--intervals",
+            str(p.intervals),
+            "--seed",
+            str(p.seed),
+            "--workers",
+            str(WORKERS),
+            "--storage",
+            self.url,
+            "--dir",
+            str(self.dir),
+        ]
         if p.sync:
             cmd.append("--sync")
         if p.ckpt_db:
@@ -333,17 +406,44 @@ class Run:
         n = self.launches = self.launches + 1
         out = open(self.dir / f"launcher-{n}.out", "w")
         err = open(self.dir / f"launcher-{n}.err", "w")
-        self.launchers.append(subprocess.Popen(self.launcher_cmd(), env=self.env, stdout=out, stderr=err,
-                                               stdin=subprocess.DEVNULL, start_new_session=True))
+        self.launchers.append(
+            subprocess.Popen(
+                self.launcher_cmd(),
+                env=self.env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
 
     def add_worker(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         n = len(self.extras)
         out = open(self.logs / f"extra-{n}.log", "w")
-        cmd = [PY, "-m", "popbt", "worker", SPEC, "--experiment", self.name, "--storage", self.url,
-               "--dir", str(self.dir)]
-        self.extras.append(subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True))
+        cmd = [
+            PY,
+            "-m",
+            "popbt",
+            "worker",
+            SPEC,
+            "--experiment",
+            self.name,
+            "--storage",
+            self.url,
+            "--dir",
+            str(self.dir),
+        ]
+        self.extras.append(
+            subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
 
     def reap(self) -> None:
         for p in self.launchers + self.extras + [lp for _, lp in self.lockers]:
@@ -354,8 +454,12 @@ class Run:
 
     def write_control(self) -> None:
         faults = [f.control() for f in self.plan.faults if f.kind in IN_SPEC and f.id not in self.lifted]
-        data = {"dir": str(self.ctl_dir), "step_seconds": 0.04, "faults": faults,
-                "explore_hook": self.plan.explore_hook}
+        data = {
+            "dir": str(self.ctl_dir),
+            "step_seconds": 0.04,
+            "faults": faults,
+            "explore_hook": self.plan.explore_hook,
+        }
         tmp = self.control.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, self.control)
@@ -372,8 +476,9 @@ class Run:
         return out
 
     def running_of(self, exp_id: int, name: str) -> list[tuple[int, int, str]]:
-        return [(r.member, r.interval, name) for r in self.db.tasks(exp_id)
-                if r.state == "running" and r.worker == name]
+        return [
+            (r.member, r.interval, name) for r in self.db.tasks(exp_id) if r.state == "running" and r.worker == name
+        ]
 
     # -- the loop
 
@@ -472,16 +577,23 @@ class Run:
                 events = self.db.events(exp_id)
                 takeovers = [e for e in events if e.kind == "lease_expired" and (e.member, e.interval) == (m, k)]
                 # popbt counting a crash as a failed attempt would say so on (m, k), naming the lease
-                bounded = [e for e in events if e.kind in ("failure", "gave_up") and (e.member, e.interval) == (m, k)
-                           and ("lease" in e.message or "died" in e.message or "crash" in e.message)]
+                bounded = [
+                    e
+                    for e in events
+                    if e.kind in ("failure", "gave_up")
+                    and (e.member, e.interval) == (m, k)
+                    and ("lease" in e.message or "died" in e.message or "crash" in e.message)
+                ]
                 if bounded:
                     f.reported, f.note = True, "the crashes counted as attempts"
                     self.handled.add(f.id)
                 elif len(takeovers) >= 3:
                     tasks = {(r.member, r.interval): r for r in self.db.tasks(exp_id)}
                     f.known, f.reported = "KF3", False
-                    f.note = (f"{len(takeovers)} workers killed, attempts still "
-                              f"{tasks[(m, k)].attempts}: lifted so the run can end")
+                    f.note = (
+                        f"{len(takeovers)} workers killed, attempts still "
+                        f"{tasks[(m, k)].attempts}: lifted so the run can end"
+                    )
                     self.lifted.add(f.id)
                     self.write_control()
                     self.handled.add(f.id)
@@ -491,8 +603,10 @@ class Run:
             if f.kind == "stop_past_lease":
                 _, m, k = self.stops[f.id]
                 name = f"{probe.HOST}:{pid}"
-                taken = any(e.kind == "lease_expired" and (e.member, e.interval) == (m, k) and name in e.message
-                            for e in self.db.events(exp_id))
+                taken = any(
+                    e.kind == "lease_expired" and (e.member, e.interval) == (m, k) and name in e.message
+                    for e in self.db.events(exp_id)
+                )
                 if taken or time.monotonic() >= until:
                     if not taken:
                         f.note = "nobody took the lease over while it was frozen (it held a database lock?)"
@@ -556,7 +670,7 @@ class Run:
         elif kind in ("sqlite_lock", "sqlite_lock_long"):
             if self.frozen:
                 return False  # a frozen worker may hold the write lock: the locker would wait on it
-            db = self.url[len("sqlite:///"):]
+            db = self.url[len("sqlite:///") :]
             locker = subprocess.Popen([PY, "-c", LOCKER, db, str(f.duration)], stdout=subprocess.PIPE, text=True)
             line = locker.stdout.readline()  # waits until the lock is held
             if line.strip() != "locked":
@@ -576,10 +690,16 @@ class Run:
         probe.signal_all(ours, signal.SIGSTOP)
         try:
             ckpts = {c.id: c for c in self.db.checkpoints(exp_id)}
-            candidates = sorted({ckpts[t.start_checkpoint_id].path for t in self.db.tasks(exp_id)
-                                 if t.state == "pending" and t.start_checkpoint_id in ckpts
-                                 and ckpts[t.start_checkpoint_id].state == "live"
-                                 and os.path.isfile(ckpts[t.start_checkpoint_id].path)})
+            candidates = sorted(
+                {
+                    ckpts[t.start_checkpoint_id].path
+                    for t in self.db.tasks(exp_id)
+                    if t.state == "pending"
+                    and t.start_checkpoint_id in ckpts
+                    and ckpts[t.start_checkpoint_id].state == "live"
+                    and os.path.isfile(ckpts[t.start_checkpoint_id].path)
+                }
+            )
             if not candidates:
                 return False
             rng = random.Random(f.id)
@@ -617,8 +737,10 @@ class Run:
             time.sleep(0.1)
         else:
             left = probe.processes(self.dir)
-            self.incidents.append(f"{len(left)} popbt processes still running 60 s after the end: "
-                                  f"{[(p.pid, p.role, p.state) for p in left]}")
+            self.incidents.append(
+                f"{len(left)} popbt processes still running 60 s after the end: "
+                f"{[(p.pid, p.role, p.state) for p in left]}"
+            )
             for p in left:
                 probe.kill(p.pid)
         for _, lp in self.lockers:
@@ -671,8 +793,9 @@ class Run:
             by_key[(r.member, r.interval)].append(r)
         missing, failed, gave_up = [], [], []
         for m in range(p.population):
-            stop = min((k for (mm, k), rs in by_key.items() if mm == m and any(r.state == "failed" for r in rs)),
-                       default=None)
+            stop = min(
+                (k for (mm, k), rs in by_key.items() if mm == m and any(r.state == "failed" for r in rs)), default=None
+            )
             if stop is not None:
                 gave_up.append((m, stop))
             for k in range(p.intervals):
@@ -691,25 +814,39 @@ class Run:
         dup += [key for key, n in logged.items() if n > 1 and key not in dup]
         corrupt = [path for path, ok in live_ok.items() if not ok]
         finals = [r for r in rows if r.interval == p.intervals - 1 and r.state == "done"]
-        corrupt += [f"final result of member {r.member} has no live checkpoint ({r.checkpoint})"
-                    for r in finals if r.checkpoint not in live_ok]
+        corrupt += [
+            f"final result of member {r.member} has no live checkpoint ({r.checkpoint})"
+            for r in finals
+            if r.checkpoint not in live_ok
+        ]
         multiline = [e for e in events if "\n" in e.message]
         if multiline:
             self.incidents.append(f"{len(multiline)} events span several lines")
         # COLUMNS: `popbt status` wraps its event lines at 80 columns when not on a terminal (KF5)
-        status = subprocess.run([PY, "-m", "popbt", "status", "--experiment", self.name, "--storage", self.url],
-                                capture_output=True, text=True, env={**self.env, "COLUMNS": "1000"}, timeout=120)
+        status = subprocess.run(
+            [PY, "-m", "popbt", "status", "--experiment", self.name, "--storage", self.url],
+            capture_output=True,
+            text=True,
+            env={**self.env, "COLUMNS": "1000"},
+            timeout=120,
+        )
         (self.dir / "status.txt").write_text(status.stdout + status.stderr)
         if status.returncode != 0:
             self.incidents.append(f"popbt status exited {status.returncode}: {status.stderr.strip()[:200]}")
         if "KF5" not in OBSERVED and events:
-            plain = subprocess.run([PY, "-m", "popbt", "status", "--experiment", self.name, "--storage", self.url],
-                                   capture_output=True, text=True, env={k: v for k, v in self.env.items()
-                                                                        if k != "COLUMNS"}, timeout=120)
+            plain = subprocess.run(
+                [PY, "-m", "popbt", "status", "--experiment", self.name, "--storage", self.url],
+                capture_output=True,
+                text=True,
+                env={k: v for k, v in self.env.items() if k != "COLUMNS"},
+                timeout=120,
+            )
             e = events[-1]
             line = f"{e.kind}: member {e.member} interval {e.interval}: {e.message}"
-            if not any(line in shown_line for shown_line in plain.stdout.splitlines()) \
-                    and len(f"  {e.kind}: member {e.member} interval {e.interval}: {e.message}") > 80:
+            if (
+                not any(line in shown_line for shown_line in plain.stdout.splitlines())
+                and len(f"  {e.kind}: member {e.member} interval {e.interval}: {e.message}") > 80
+            ):
                 OBSERVED.add("KF5")
         shown = status.stdout.splitlines()
         for e in events[-10:]:
@@ -722,15 +859,24 @@ class Run:
         collateral = self.explain_gave_up(gave_up, events)
         self.judge(events, rows, live_ok)
         self.judge_launcher()
-        (self.dir / "faults.json").write_text(json.dumps(
-            [{k: v for k, v in vars(f).items()} for f in self.plan.faults], indent=1, default=str))
+        (self.dir / "faults.json").write_text(
+            json.dumps([{k: v for k, v in vars(f).items()} for f in self.plan.faults], indent=1, default=str)
+        )
         orphans = []
         ckdir = self.dir / "checkpoints" / self.name
         if ckdir.is_dir():
             orphans = [x for x in ckdir.iterdir() if str(x) not in live_ok]
-        self.results = dict(completed=exp.status == "finished" and not self.hung, missing=missing,
-                            failed=failed, gave_up=gave_up, duplicated=dup, corrupt=corrupt,
-                            orphans=len(orphans), events=len(events), collateral=collateral)
+        self.results = dict(
+            completed=exp.status == "finished" and not self.hung,
+            missing=missing,
+            failed=failed,
+            gave_up=gave_up,
+            duplicated=dup,
+            corrupt=corrupt,
+            orphans=len(orphans),
+            events=len(events),
+            collateral=collateral,
+        )
 
     def explain_gave_up(self, gave_up, events) -> int:
         """Every member given up must be explained by a fault: one that keeps failing on
@@ -738,8 +884,10 @@ class Run:
         collateral = 0
         damaged = {f.expect_corrupt: f for f in self.plan.faults if f.kind.startswith("ckpt_") and f.expect_corrupt}
         for m, k in gave_up:
-            if any(f.kind in ("failing_member", "poison_task") and (f.member, f.interval) == (m, k)
-                   for f in self.plan.faults):
+            if any(
+                f.kind in ("failing_member", "poison_task") and (f.member, f.interval) == (m, k)
+                for f in self.plan.faults
+            ):
                 continue
             fails = [e.message for e in events if e.kind == "failure" and (e.member, e.interval) == (m, k)]
             culprits = {path for msg in fails for path in damaged if path in msg}
@@ -766,8 +914,13 @@ class Run:
         done_by = {(r.member, r.interval): r for r in rows}
 
         def event(kind, m=None, k=None, text=None):
-            return any(e.kind == kind and (m is None or e.member == m) and (k is None or e.interval == k)
-                       and (text is None or text in e.message) for e in events)
+            return any(
+                e.kind == kind
+                and (m is None or e.member == m)
+                and (k is None or e.interval == k)
+                and (text is None or text in e.message)
+                for e in events
+            )
 
         def taken_over(expect):
             return all(event("lease_expired", m, k, f"lease of {name} expired") for m, k, name in expect)
@@ -808,7 +961,8 @@ class Run:
                         f.known, f.note = "KF1", "the worker vanished; only the takeover is in the events"
                 elif f.kind == "failing_member":
                     f.reported = event("failure", m, None, f"chaos {f.id}") and (
-                        event("replaced", m) or event("gave_up", m))
+                        event("replaced", m) or event("gave_up", m)
+                    )
                 elif f.kind in ("kill_after_claim", "kill_in_train", "kill_ckpt_written"):
                     f.expect_takeovers = [(m, k, name)]
                     f.reported = taken_over(f.expect_takeovers)
@@ -816,13 +970,17 @@ class Run:
                     row = done_by.get((m, k))
                     if row is not None and row.worker == name and row.state == "done":
                         f.note = "killed after the commit: its result stands"
-                        f.reported = None if row.checkpoint in live_ok or row.interval < self.plan.intervals - 1 \
-                            else False
+                        f.reported = (
+                            None if row.checkpoint in live_ok or row.interval < self.plan.intervals - 1 else False
+                        )
                     else:
                         f.note = "killed before the commit"
                         f.reported = taken_over([(m, k, name)])
-                if f.reported is False and not f.known and all(
-                        p in killed and taken_over([(mm, kk, f"{probe.HOST}:{p}")]) for p, mm, kk in firings):
+                if (
+                    f.reported is False
+                    and not f.known
+                    and all(p in killed and taken_over([(mm, kk, f"{probe.HOST}:{p}")]) for p, mm, kk in firings)
+                ):
                     f.reported = None  # not popbt's to report: we killed its worker before it could
                     f.note = "its worker was SIGKILLed by another fault before it could report"
             elif f.kind == "hang_then_kill" and f.injected:
@@ -833,8 +991,9 @@ class Run:
                 refused = f"member {m} interval {k}: lease was taken over by another worker; result discarded" in logs
                 carried_on = f"worker {name} done:" in logs or (refused and pid in killed)
                 f.reported = taken_over([(m, k, name)]) and refused
-                f.note = ("late result refused" if refused else "late result NOT refused") + \
-                         (", the worker carried on and exited cleanly" if carried_on else ", the worker did not finish")
+                f.note = ("late result refused" if refused else "late result NOT refused") + (
+                    ", the worker carried on and exited cleanly" if carried_on else ", the worker did not finish"
+                )
                 if not refused and pid in killed:  # another fault killed it before it could say anything
                     f.reported = taken_over([(m, k, name)])
                     f.note, carried_on = "taken over; SIGKILLed by a later fault soon after SIGCONT", True
@@ -899,15 +1058,39 @@ def summarize(runs: list[Run], seed: int, minutes: float) -> tuple[str, bool]:
     rows = []
     for kind in sorted(by_kind, key=lambda k: (k not in IN_SPEC, k)):
         c = by_kind[kind]
-        rows.append([kind, DESCRIPTION[kind], c["injected"], c["sqlite"], c["postgresql"], c["reported"],
-                     c["no harm"], c["known"], c["unreported"]])
+        rows.append(
+            [
+                kind,
+                DESCRIPTION[kind],
+                c["injected"],
+                c["sqlite"],
+                c["postgresql"],
+                c["reported"],
+                c["no harm"],
+                c["known"],
+                c["unreported"],
+            ]
+        )
     total = Counter()
     for c in by_kind.values():
         total.update(c)
-    rows.append(["**total**", "", total["injected"], total["sqlite"], total["postgresql"], total["reported"],
-                 total["no harm"], total["known"], total["unreported"]])
-    faults = table(["fault", "what", "injected", "sqlite", "postgresql", "reported", "no harm", "known failure",
-                    "unreported"], rows)
+    rows.append(
+        [
+            "**total**",
+            "",
+            total["injected"],
+            total["sqlite"],
+            total["postgresql"],
+            total["reported"],
+            total["no harm"],
+            total["known"],
+            total["unreported"],
+        ]
+    )
+    faults = table(
+        ["fault", "what", "injected", "sqlite", "postgresql", "reported", "no harm", "known failure", "unreported"],
+        rows,
+    )
     completed = sum(r.results.get("completed", False) for r in runs)
     missing = sum(len(r.results.get("missing", [])) for r in runs)
     dup = sum(len(r.results.get("duplicated", [])) for r in runs)
@@ -916,26 +1099,42 @@ def summarize(runs: list[Run], seed: int, minutes: float) -> tuple[str, bool]:
     gave_up = sum(len(r.results.get("gave_up", [])) for r in runs)
     incidents = sum(len(r.incidents) for r in runs)
     intervals = sum(r.plan.population * r.plan.intervals for r in runs)
-    totals = table(["check", "value"], [
-        ["runs completed", f"{completed}/{len(runs)}"],
-        ["(member, interval) results checked", intervals],
-        ["results missing", missing],
-        ["results duplicated", dup],
-        ["corrupt or missing checkpoints referenced", corrupt],
-        ["intervals failed (member given up, reported)", f"{failed} ({gave_up} members)"],
-        ["members given up for copying a damaged checkpoint (KF6)",
-         sum(r.results.get("collateral", 0) for r in runs)],
-        ["faults unreported (not a known failure)", total["unreported"]],
-        ["other incidents", incidents],
-        ["popbt run relaunched after its kill / by the campaign", sum(r.launches - 1 for r in runs)],
-        ["workers replaced after dying", sum(r.replacements for r in runs)],
-        ["orphan checkpoint files left (not referenced)", sum(r.results.get("orphans", 0) for r in runs)],
-    ])
-    ok = (completed == len(runs) and missing == 0 and dup == 0 and corrupt == 0
-          and total["unreported"] == 0 and incidents == 0)
+    totals = table(
+        ["check", "value"],
+        [
+            ["runs completed", f"{completed}/{len(runs)}"],
+            ["(member, interval) results checked", intervals],
+            ["results missing", missing],
+            ["results duplicated", dup],
+            ["corrupt or missing checkpoints referenced", corrupt],
+            ["intervals failed (member given up, reported)", f"{failed} ({gave_up} members)"],
+            [
+                "members given up for copying a damaged checkpoint (KF6)",
+                sum(r.results.get("collateral", 0) for r in runs),
+            ],
+            ["faults unreported (not a known failure)", total["unreported"]],
+            ["other incidents", incidents],
+            ["popbt run relaunched after its kill / by the campaign", sum(r.launches - 1 for r in runs)],
+            ["workers replaced after dying", sum(r.replacements for r in runs)],
+            ["orphan checkpoint files left (not referenced)", sum(r.results.get("orphans", 0) for r in runs)],
+        ],
+    )
+    ok = (
+        completed == len(runs)
+        and missing == 0
+        and dup == 0
+        and corrupt == 0
+        and total["unreported"] == 0
+        and incidents == 0
+    )
     known = sorted({f.known for r in runs for f in r.plan.faults if f.known and f.injected} | OBSERVED)
-    text = [f"## popbt chaos campaign: seed {seed}, {total['injected']} faults, {len(runs)} runs, "
-            f"{minutes:.1f} min", "", faults, "", totals]
+    text = [
+        f"## popbt chaos campaign: seed {seed}, {total['injected']} faults, {len(runs)} runs, {minutes:.1f} min",
+        "",
+        faults,
+        "",
+        totals,
+    ]
     if known:
         text += ["", "Known failures observed (bugs outside chaos/, launch.py and checkpoints.py):"]
         text += [f"- {k}: {KNOWN[k]}" for k in known]
@@ -968,8 +1167,10 @@ def main(argv=None) -> int:
     if args.only is not None:
         plan = [p for p in plan if p.index in args.only]
     say = lambda text: print(text, flush=True)  # noqa: E731
-    say(f"chaos: seed {args.seed}, {len(plan)} runs planned with {sum(len(p.faults) for p in plan)} faults, "
-        f"backends {','.join(backends)}; files in {root}")
+    say(
+        f"chaos: seed {args.seed}, {len(plan)} runs planned with {sum(len(p.faults) for p in plan)} faults, "
+        f"backends {','.join(backends)}; files in {root}"
+    )
     began = time.monotonic()
     runs: list[Run] = []
     try:
@@ -987,13 +1188,18 @@ def main(argv=None) -> int:
                 run.db.close()
             fired = sum(f.injected for f in p.faults)
             r = run.results
-            say(f"{p.label}: {fired}/{len(p.faults)} faults injected, "
+            say(
+                f"{p.label}: {fired}/{len(p.faults)} faults injected, "
                 f"{'completed' if r.get('completed') else 'NOT COMPLETED'} in {run.elapsed:.0f} s; "
                 f"missing {len(r.get('missing', []))}, duplicated {len(r.get('duplicated', []))}, "
                 f"corrupt {len(r.get('corrupt', []))}, failed {len(r.get('failed', []))}"
                 + "".join(f"\n    ! {i}" for i in run.incidents)
-                + "".join(f"\n    ! {f.id} {f.kind} ({f.detail}) unreported {f.note}" for f in p.faults
-                          if f.injected and f.reported is False and not f.known))
+                + "".join(
+                    f"\n    ! {f.id} {f.kind} ({f.detail}) unreported {f.note}"
+                    for f in p.faults
+                    if f.injected and f.reported is False and not f.known
+                )
+            )
             if not queue and args.only is None:
                 injected = sum(f.injected for r_ in runs for f in r_.plan.faults)
                 if injected < args.faults:  # some planned faults missed their target: plan more

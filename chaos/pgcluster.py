@@ -42,22 +42,44 @@ class Cluster:
     def _pg(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([*AS_PG, *args], capture_output=True, text=True, timeout=timeout, check=True)
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         self._pg(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        self._pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(self.data / "log"),
-                 "-o", self._options(), "start")
+        self._pg(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-w",
+            "-l",
+            str(self.data / "log"),
+            "-o",
+            self._options(),
+            "start",
+        )
         return self
 
     def _options(self) -> str:
         # fsync off: a throwaway cluster on a 2-core box; crash safety of the server is not under test
-        return (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} -c fsync=off "
-                f"-c max_connections=200 -c shared_buffers=32MB")
+        return (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} -c fsync=off "
+            f"-c max_connections=200 -c shared_buffers=32MB"
+        )
 
     def restart(self) -> float:
         """``pg_ctl restart -m fast``: every connection is cut, the server comes back. Seconds taken."""
         began = time.monotonic()
-        self._pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "-l", str(self.data / "log"),
-                 "-o", self._options(), "restart")
+        self._pg(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-w",
+            "-m",
+            "fast",
+            "-l",
+            str(self.data / "log"),
+            "-o",
+            self._options(),
+            "restart",
+        )
         self.restarts += 1
         return time.monotonic() - began
 
@@ -69,15 +91,31 @@ class Cluster:
         return self.url(name)
 
     def drop_database(self, name: str) -> None:
-        subprocess.run([*AS_PG, str(self.bin / "dropdb"), "-h", str(self.data), "-p", str(self.port),
-                        "--force", "--if-exists", name], capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                *AS_PG,
+                str(self.bin / "dropdb"),
+                "-h",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "--force",
+                "--if-exists",
+                name,
+            ],
+            capture_output=True,
+            timeout=60,
+        )
 
     def stop(self) -> None:
-        subprocess.run([*AS_PG, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*AS_PG, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(self.data, ignore_errors=True)
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

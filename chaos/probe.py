@@ -54,8 +54,9 @@ class DB:
 
     def checkpoints(self, exp_id: int):
         c = s.checkpoints
-        return self._read(select(c.c.id, c.c.member, c.c.interval, c.c.path, c.c.sha256, c.c.state)
-                          .where(c.c.experiment_id == exp_id))
+        return self._read(
+            select(c.c.id, c.c.member, c.c.interval, c.c.path, c.c.sha256, c.c.state).where(c.c.experiment_id == exp_id)
+        )
 
     def close(self) -> None:
         self.engine.dispose()

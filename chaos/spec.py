@@ -86,8 +86,11 @@ def _fire(at: str) -> dict | None:
         if fault.get("interval") is not None and fault["interval"] != interval:
             continue
         times = int(fault.get("times", 1))
-        names = ([f"fired-{fault['id']}-{n}" for n in range(times)] if times > 0
-                 else [f"fired-{fault['id']}-p{os.getpid()}-{time.monotonic_ns()}"])
+        names = (
+            [f"fired-{fault['id']}-{n}" for n in range(times)]
+            if times > 0
+            else [f"fired-{fault['id']}-p{os.getpid()}-{time.monotonic_ns()}"]
+        )
         for name in names:
             try:
                 fd = os.open(Path(ctl["dir"], name), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -169,7 +172,7 @@ def save(theta, path):
 def _signal_once_renamed(tmp: str, delay: float, sig: int) -> None:
     """popbt writes to DIR/.tmp-FINAL-PID and renames it to DIR/FINAL once save returns."""
     p = Path(tmp)
-    final = p.with_name(p.name[len(".tmp-"):].rsplit("-", 1)[0])
+    final = p.with_name(p.name[len(".tmp-") :].rsplit("-", 1)[0])
 
     def watch() -> None:
         while not final.exists():
@@ -192,6 +195,7 @@ def apply(theta, hparams):
 
 
 if _control().get("explore_hook"):
+
     def explore(hparams, rng: random.Random):
         """A spec's own explore: PBT's perturbation, raising when the campaign says so."""
         _act(_fire("explore"), "explore")

@@ -17,8 +17,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.engine import make_url
 
-from popbt.store import open_store
-from popbt.store import schema
+from popbt.store import open_store, schema
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = Path(__file__).resolve().parent / "specs"
@@ -30,9 +29,15 @@ def _pg_admin():
     import psycopg
 
     url = make_url(PG_ADMIN)
-    return psycopg.connect(host=url.host, port=url.port or 5432, user=url.username,
-                           password=url.password, dbname=url.database or "postgres",
-                           autocommit=True, connect_timeout=3)
+    return psycopg.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        dbname=url.database or "postgres",
+        autocommit=True,
+        connect_timeout=3,
+    )
 
 
 def _pg_available() -> str | None:
@@ -43,7 +48,8 @@ def _pg_available() -> str | None:
     try:
         _pg_admin().close()
     except Exception as e:
-        return f"no PostgreSQL server at {make_url(PG_ADMIN).render_as_string(hide_password=True)}: {str(e).splitlines()[0]}"
+        where = make_url(PG_ADMIN).render_as_string(hide_password=True)
+        return f"no PostgreSQL server at {where}: {str(e).splitlines()[0]}"
     return None
 
 
@@ -82,15 +88,22 @@ def popbt_cmd(*args: str) -> list[str]:
 
 def run_popbt(*args: str, env: dict | None = None, timeout: float = 240, cwd=None) -> subprocess.CompletedProcess:
     """Run the popbt command line as a user would, capturing its output."""
-    return subprocess.run(popbt_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        popbt_cmd(*args), capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd
+    )
 
 
 def expire_lease(url: str, experiment_id: int, member: int, interval: int) -> None:
     """Make a lease look expired by the database clock, as if its worker died long ago."""
     store = open_store(url)
     with store.engine.begin() as conn:
-        conn.execute(update(schema.tasks).where(
-            schema.tasks.c.experiment_id == experiment_id, schema.tasks.c.member == member,
-            schema.tasks.c.interval == interval).values(lease_expires=0.0))
+        conn.execute(
+            update(schema.tasks)
+            .where(
+                schema.tasks.c.experiment_id == experiment_id,
+                schema.tasks.c.member == member,
+                schema.tasks.c.interval == interval,
+            )
+            .values(lease_expires=0.0)
+        )
     store.close()

@@ -50,8 +50,12 @@ def hand_built(url: str, name: str = "hand", spec: str = "recorder", **kw) -> in
         while (task := store.claim(exp.id, f"worker-{n % 2}", "cpu")) is not None:
             n += 1
             score = SCORES[task.member][task.interval]
-            store.report(task, Result(score, {"loss": round(1 - score, 6)},
-                                      f"/nonexistent/{task.member}-{task.interval}", "0" * 64, 1))
+            store.report(
+                task,
+                Result(
+                    score, {"loss": round(1 - score, 6)}, f"/nonexistent/{task.member}-{task.interval}", "0" * 64, 1
+                ),
+            )
         return exp.id
     finally:
         store.close()

@@ -15,35 +15,33 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 
 import popbt
-from popbt.experiment import ConfigError
-from popbt.store import open_store
-from popbt.store import schema
-
 from conftest import QUAD, SPECS, popbt_cmd, run_popbt
+from popbt.experiment import ConfigError
+from popbt.store import open_store, schema
 from test_run import results, wait_for
 
 FAULTY = str(SPECS / "faulty.py")
 
 SPECS_TEXT = {
-    "nospace.py": '''
+    "nospace.py": """
 def build(hparams, device): return 0
 def train(state, hparams, interval, device): pass
 def evaluate(state, device): return 0.0
 def save(state, path): open(path, "w").write("0")
 def load(state, path): return state
-''',
-    "empty_choice.py": '''
+""",
+    "empty_choice.py": """
 from popbt import Choice
 space = {"optimizer": Choice([])}
-''',
-    "log_zero.py": '''
+""",
+    "log_zero.py": """
 from popbt import LogUniform
 space = {"lr": LogUniform(0.0, 1.0)}
-''',
-    "log_negative.py": '''
+""",
+    "log_negative.py": """
 from popbt import LogUniform
 space = {"lr": LogUniform(-1e-3, 1.0)}
-''',
+""",
 }
 
 
@@ -87,25 +85,43 @@ CASES = {
     "LogUniform with low 0 declared in a spec": (["run", "{specs}/log_zero.py"], "low must be above 0"),
     "LogUniform with a negative low": (["run", "{specs}/log_negative.py"], "low must be above 0"),
     "sqlite file in a missing directory (run)": (
-        ["run", QUAD, "--storage", "sqlite:///{tmp}/no/such/dir/popbt.db"], "directory {tmp}/no/such/dir does not exist"),
+        ["run", QUAD, "--storage", "sqlite:///{tmp}/no/such/dir/popbt.db"],
+        "directory {tmp}/no/such/dir does not exist",
+    ),
     "sqlite file in a missing directory (list)": (
-        ["list", "--storage", "sqlite:///{tmp}/no/such/dir/popbt.db"], "does not exist"),
+        ["list", "--storage", "sqlite:///{tmp}/no/such/dir/popbt.db"],
+        "does not exist",
+    ),
     "sqlite file in a missing directory (worker)": (
-        ["worker", QUAD, "--storage", "sqlite:///{tmp}/no/such/dir/popbt.db"], "does not exist"),
+        ["worker", QUAD, "--storage", "sqlite:///{tmp}/no/such/dir/popbt.db"],
+        "does not exist",
+    ),
     "sqlite file under a regular file": (
-        ["status", "--storage", "sqlite:///{tmp}/afile/popbt.db"], "{tmp}/afile is not a directory"),
+        ["status", "--storage", "sqlite:///{tmp}/afile/popbt.db"],
+        "{tmp}/afile is not a directory",
+    ),
     "sqlite path that is a directory": (["list", "--storage", "sqlite:///{specs}"], "is not a database file"),
     "database of another schema version (list)": (
-        ["list", "--storage", "sqlite:///{tmp}/v99.db"], "has popbt schema version 99; this popbt uses version 2"),
+        ["list", "--storage", "sqlite:///{tmp}/v99.db"],
+        "has popbt schema version 99; this popbt uses version 2",
+    ),
     "database of another schema version (run)": (
-        ["run", QUAD, "--storage", "sqlite:///{tmp}/v99.db"], "has popbt schema version 99"),
+        ["run", QUAD, "--storage", "sqlite:///{tmp}/v99.db"],
+        "has popbt schema version 99",
+    ),
     "--dir under a regular file (meaningful as root)": (
-        ["run", QUAD, "--dir", "{tmp}/afile/runs"], "cannot create run directory {tmp}/afile/runs"),
+        ["run", QUAD, "--dir", "{tmp}/afile/runs"],
+        "cannot create run directory {tmp}/afile/runs",
+    ),
     "--dir that is a regular file": (["run", QUAD, "--dir", "{tmp}/afile"], "cannot create run directory"),
-    "--dir under /proc, read-only even for root": (["run", QUAD, "--dir", "/proc/popbt-runs"],
-                                                   "cannot create run directory /proc/popbt-runs"),
+    "--dir under /proc, read-only even for root": (
+        ["run", QUAD, "--dir", "/proc/popbt-runs"],
+        "cannot create run directory /proc/popbt-runs",
+    ),
     "--population conflicting on resume": (
-        ["run", QUAD, "--population", "6", "--dir", "{tmp}/resume"], "cannot resume it with population=6"),
+        ["run", QUAD, "--population", "6", "--dir", "{tmp}/resume"],
+        "cannot resume it with population=6",
+    ),
     "name with a slash": (["run", QUAD, "--name", "a/b"], "experiment name 'a/b' is invalid"),
     "name '..'": (["run", QUAD, "--name", ".."], "experiment name '..' is invalid"),
     "name with a leading dot": (["run", QUAD, "--name", ".hidden"], "is invalid"),
@@ -207,7 +223,10 @@ def test_checkpoints_load_with_weights_only_so_a_pickle_cannot_run_code(tmp_path
     failures = [e for e in events if e.kind == "failure"]
     assert failures and all("UnpicklingError: Weights only load failed" in e.message for e in failures)
     assert exp.status == "finished"
-    assert sorted((r.member, r.interval, r.state) for r in rows if r.interval == 1) == [(0, 1, "failed"), (1, 1, "failed")]
+    assert sorted((r.member, r.interval, r.state) for r in rows if r.interval == 1) == [
+        (0, 1, "failed"),
+        (1, 1, "failed"),
+    ]
 
 
 PASSWORD = "Pa55-" + uuid.uuid4().hex[:10]
@@ -220,8 +239,13 @@ def test_a_database_password_never_appears_in_output_process_lists_or_the_histor
     markers.mkdir()
     # the URL by environment, as docs/cluster.md advises: then no command line may carry it
     env = {**os.environ, "FAULTY_DIR": str(markers), "FAULTY_HANG": "1:1", "POPBT_STORAGE": url}
-    run = subprocess.Popen(popbt_cmd("run", FAULTY, "--workers", "2", "--dir", str(tmp_path / "runs")),
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        popbt_cmd("run", FAULTY, "--workers", "2", "--dir", str(tmp_path / "runs")),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: (markers / "hang-1-1").exists(), what="the workers to be training")
     leaks = []  # while `popbt run` and its workers are alive: a command line holding it, as ps shows it
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):

@@ -6,16 +6,16 @@ import pytest
 
 from conftest import QUAD, run_popbt
 
-BAD_SPEC = '''
+BAD_SPEC = """
 from popbt import Uniform
 space = {"x": Uniform(1.0, 0.0)}
-'''
+"""
 
-INCOMPLETE_SPEC = '''
+INCOMPLETE_SPEC = """
 from popbt import Uniform
 space = {"x": Uniform(0.0, 1.0)}
 def build(hparams, device): return 0
-'''
+"""
 
 BROKEN_SPEC = "import not_a_module_anywhere\n"
 
@@ -41,7 +41,9 @@ CASES = {
     "unknown experiment for best": (["best", "--experiment", "nope"], "no experiment named 'nope'"),
     "unsafe experiment name": (["run", QUAD, "--name", "../../etc"], "is invalid"),
     "unreachable server, password masked": (
-        ["list", "--storage", "postgresql+psycopg://user:hunter2@127.0.0.1:9/db"], "user:***@"),
+        ["list", "--storage", "postgresql+psycopg://user:hunter2@127.0.0.1:9/db"],
+        "user:***@",
+    ),
 }
 
 

@@ -4,14 +4,25 @@ import json
 
 import torch
 
-from popbt.examples import digits
-
 from conftest import run_popbt
+from popbt.examples import digits
 
 
 def test_digits_run_gives_weights_that_load_into_the_example_model(tmp_path):
-    out = run_popbt("run", "popbt.examples.digits", "--population", "4", "--intervals", "3",
-                    "--workers", "2", "--seed", "0", "--dir", str(tmp_path))
+    out = run_popbt(
+        "run",
+        "popbt.examples.digits",
+        "--population",
+        "4",
+        "--intervals",
+        "3",
+        "--workers",
+        "2",
+        "--seed",
+        "0",
+        "--dir",
+        str(tmp_path),
+    )
     assert out.returncode == 0, out.stderr
     best = json.loads(run_popbt("best", "--json", "--dir", str(tmp_path)).stdout)
     assert best["experiment"] == "digits" and 0.8 < best["score"] <= 1.0
@@ -28,6 +39,8 @@ def test_the_core_imports_without_torch_or_matplotlib():
     import subprocess
     import sys
 
-    code = ("import sys, popbt, popbt.cli, popbt.launch, popbt.store; "
-            "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules")
+    code = (
+        "import sys, popbt, popbt.cli, popbt.launch, popbt.store; "
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -10,12 +10,11 @@ from dataclasses import replace
 import pytest
 
 import popbt
-from popbt.export import LEADING, TRAILING, column_names
-from popbt.experiment import ConfigError
-from popbt.history import read
-
 from conftest import QUAD, run_popbt
 from pbt_history import EXPLOITS, SPACE, hand_built, toy_run
+from popbt.experiment import ConfigError
+from popbt.export import LEADING, TRAILING, column_names
+from popbt.history import read
 
 
 def read_csv(text: str) -> tuple[list[str], list[dict[str, str]]]:
@@ -49,8 +48,19 @@ def test_json_holds_the_config_the_results_and_the_exploits(sqlite_url, tmp_path
     assert len(data["results"]) == 12 and set(data["results"][0]) >= {"score", "loss", "lr", "momentum"}
     assert [(x["donor"], x["donor_interval"], x["member"], x["interval"]) for x in data["exploits"]] == EXPLOITS
     assert all(x["hparams_after"].keys() == SPACE.keys() and x["changes"] for x in data["exploits"])
-    assert list(data["exploits"][0]) == ["member", "interval", "donor", "donor_interval", "score", "donor_score",
-                                         "hparams_before", "hparams_after", "changes", "reason", "created_at"]
+    assert list(data["exploits"][0]) == [
+        "member",
+        "interval",
+        "donor",
+        "donor_interval",
+        "score",
+        "donor_score",
+        "hparams_before",
+        "hparams_after",
+        "changes",
+        "reason",
+        "created_at",
+    ]
     assert (data["exploits"][0]["score"], data["exploits"][0]["donor_score"]) == (0.1, 0.4)
 
 

@@ -22,12 +22,11 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 
+from conftest import SPECS, popbt_cmd, run_popbt
 from popbt import checkpoints
 from popbt.experiment import load_spec
 from popbt.store import StoreError, open_store
 from popbt.worker import Worker
-
-from conftest import SPECS, popbt_cmd, run_popbt
 from test_run import assert_complete, results, wait_for
 
 FAULTY = str(SPECS / "faulty.py")
@@ -51,14 +50,19 @@ def switches(tmp_path, **values) -> dict:
 
 
 def create(storage, tmp_path, env, *extra):
-    out = run_popbt("run", FAULTY, "--workers", "0", "--seed", "7", "--storage", storage,
-                    "--dir", str(tmp_path), *extra, env=env)
+    out = run_popbt(
+        "run", FAULTY, "--workers", "0", "--seed", "7", "--storage", storage, "--dir", str(tmp_path), *extra, env=env
+    )
     assert out.returncode == 0, out.stderr
 
 
 def start_worker(storage, env, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(popbt_cmd("worker", FAULTY, "--storage", storage), env={**os.environ, **env},
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        popbt_cmd("worker", FAULTY, "--storage", storage),
+        env={**os.environ, **env},
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def name_of(proc: subprocess.Popen) -> str:
@@ -97,9 +101,14 @@ def in_transaction(storage) -> bool:
     store = open_store(storage)
     try:
         with store.engine.connect() as conn:
-            return bool(conn.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')")).scalar())
+            return bool(
+                conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')"
+                    )
+                ).scalar()
+            )
     finally:
         store.close()
 
@@ -150,16 +159,23 @@ def test_a_worker_stopped_past_its_lease_has_its_late_result_refused_and_carries
     assert exp.status == "finished"
     assert_complete(rows, 4, 4)
     takeovers = [e.message for e in events if e.kind == "lease_expired"]
-    assert takeovers == [f"lease of {name_of(a)} expired; {name_of(b)} takes over",
-                         f"lease of {name_of(b)} expired; {name_of(a)} takes over"]
+    assert takeovers == [
+        f"lease of {name_of(a)} expired; {name_of(b)} takes over",
+        f"lease of {name_of(b)} expired; {name_of(a)} takes over",
+    ]
     assert_live_checkpoints_intact(storage)
 
 
 def test_sigkill_of_popbt_run_and_its_workers_then_the_same_command_completes(tmp_path, sqlite_url):
     env = switches(tmp_path, FAULTY_HANG="2:2")  # one worker is sure to be mid-interval
     args = ("run", FAULTY, "--workers", "2", "--seed", "5", "--storage", sqlite_url, "--dir", str(tmp_path))
-    first = subprocess.Popen(popbt_cmd(*args), env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    first = subprocess.Popen(
+        popbt_cmd(*args),
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     hang = tmp_path / "markers" / "hang-2-2"
     wait_for(hang.exists, what="a worker to reach member 2 interval 2")
     _, before, _ = results(sqlite_url, "faulty")
@@ -184,8 +200,19 @@ def test_sigkill_of_popbt_run_and_its_workers_then_the_same_command_completes(tm
 
 
 def test_a_save_failing_midway_leaves_no_half_checkpoint_referenced(tmp_path, storage):
-    out = run_popbt("run", FAULTY, "--workers", "1", "--seed", "3", "--storage", storage, "--dir", str(tmp_path),
-                    env=switches(tmp_path, FAULTY_SAVE_HALF="1:2"))
+    out = run_popbt(
+        "run",
+        FAULTY,
+        "--workers",
+        "1",
+        "--seed",
+        "3",
+        "--storage",
+        storage,
+        "--dir",
+        str(tmp_path),
+        env=switches(tmp_path, FAULTY_SAVE_HALF="1:2"),
+    )
     assert out.returncode == 0, out.stderr
     exp, rows, events = results(storage, "faulty")
     failures = [e for e in events if e.kind == "failure"]
@@ -234,14 +261,16 @@ def test_sqlite_locked_past_the_busy_timeout(tmp_path, sqlite_url):
         store.patience = exp.config.lease_seconds  # as `popbt worker` does
         hit = threading.Event()
         event.listen(store.engine, "connect", lambda conn, _: conn.execute("PRAGMA busy_timeout = 200"))
-        event.listen(store.engine, "handle_error",
-                     lambda ctx: hit.set() if "locked" in str(ctx.original_exception) else None)
+        event.listen(
+            store.engine, "handle_error", lambda ctx: hit.set() if "locked" in str(ctx.original_exception) else None
+        )
         store.engine.dispose()
         return store, Worker(store, exp, load_spec(FAULTY)), hit
 
     def lock():
-        locker = subprocess.Popen([sys.executable, "-c", LOCKER, db], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  text=True)
+        locker = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert locker.stdout.readline().strip() == "locked"
         return locker
 
@@ -263,8 +292,9 @@ def test_sqlite_locked_past_the_busy_timeout(tmp_path, sqlite_url):
     assert "database is locked" in message
     _, rows, _ = results(sqlite_url, "faulty")
     assert all(r.state == "pending" for r in rows)  # it wrote nothing
-    assert not (tmp_path / "checkpoints" / "faulty").exists() or \
-        not any((tmp_path / "checkpoints" / "faulty").iterdir())
+    assert not (tmp_path / "checkpoints" / "faulty").exists() or not any(
+        (tmp_path / "checkpoints" / "faulty").iterdir()
+    )
 
     # locked past the busy timeout but not past the lease: the worker retries and goes on
     store, w, hit = worker()
@@ -284,14 +314,27 @@ def test_sqlite_locked_past_the_busy_timeout(tmp_path, sqlite_url):
 
 
 def test_user_code_raising_in_save_and_in_load_is_recorded_and_retried(tmp_path, storage):
-    out = run_popbt("run", FAULTY, "--workers", "1", "--seed", "9", "--storage", storage, "--dir", str(tmp_path),
-                    env=switches(tmp_path, FAULTY_RAISE="save:1:1:1,load:2:2:2"))
+    out = run_popbt(
+        "run",
+        FAULTY,
+        "--workers",
+        "1",
+        "--seed",
+        "9",
+        "--storage",
+        storage,
+        "--dir",
+        str(tmp_path),
+        env=switches(tmp_path, FAULTY_RAISE="save:1:1:1,load:2:2:2"),
+    )
     assert out.returncode == 0, out.stderr
     exp, rows, events = results(storage, "faulty")
     failures = sorted((e.member, e.interval, e.message) for e in events if e.kind == "failure")
-    assert failures == [(1, 1, "attempt 1/3: RuntimeError: injected in save"),
-                        (2, 2, "attempt 1/3: RuntimeError: injected in load"),
-                        (2, 2, "attempt 2/3: RuntimeError: injected in load")]
+    assert failures == [
+        (1, 1, "attempt 1/3: RuntimeError: injected in save"),
+        (2, 2, "attempt 1/3: RuntimeError: injected in load"),
+        (2, 2, "attempt 2/3: RuntimeError: injected in load"),
+    ]
     assert exp.status == "finished"
     assert_complete(rows, 4, 4)
     _, live = assert_live_checkpoints_intact(storage)
@@ -300,8 +343,22 @@ def test_user_code_raising_in_save_and_in_load_is_recorded_and_retried(tmp_path,
 
 
 def test_sync_mode_with_a_member_that_keeps_failing_completes(tmp_path, storage):
-    out = run_popbt("run", FAULTY, "--sync", "--workers", "2", "--seed", "2", "--intervals", "3",
-                    "--storage", storage, "--dir", str(tmp_path), env=switches(tmp_path, FAULTY_RAISE="train:1:1"))
+    out = run_popbt(
+        "run",
+        FAULTY,
+        "--sync",
+        "--workers",
+        "2",
+        "--seed",
+        "2",
+        "--intervals",
+        "3",
+        "--storage",
+        storage,
+        "--dir",
+        str(tmp_path),
+        env=switches(tmp_path, FAULTY_RAISE="train:1:1"),
+    )
     assert out.returncode == 0, out.stderr
     exp, rows, events = results(storage, "faulty")
     assert exp.status == "finished"
@@ -327,8 +384,12 @@ def test_a_checkpoint_whose_report_is_delayed_survives_popbt_run_s_sweep(tmp_pat
     create(sqlite_url, tmp_path, env)
     a = start_worker(sqlite_url, env, tmp_path / "a.log")
     wait_for(lambda: (markers / "hang-1-1").exists(), what="the worker to reach member 1 interval 1")
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, make_url(sqlite_url).database],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, make_url(sqlite_url).database],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert locker.stdout.readline().strip() == "locked"
     (markers / "release-1-1").touch()  # it trains on, writes its checkpoint, and waits for the lock
     ckdir = tmp_path / "checkpoints" / "faulty"
@@ -338,8 +399,11 @@ def test_a_checkpoint_whose_report_is_delayed_survives_popbt_run_s_sweep(tmp_pat
     locker.stdin.flush()
     locker.wait(timeout=30)
     [written] = ckdir.glob("m0001-i00001-*.ckpt")
-    wait_for(lambda: time.time() - written.stat().st_mtime > 2 * float(LEASE) + 0.5, timeout=30,
-             what="the file to be older than the sweep's age limit")
+    wait_for(
+        lambda: time.time() - written.stat().st_mtime > 2 * float(LEASE) + 0.5,
+        timeout=30,
+        what="the file to be older than the sweep's age limit",
+    )
     sweep = run_popbt("run", FAULTY, "--workers", "0", "--storage", sqlite_url, "--dir", str(tmp_path), env=env)
     assert sweep.returncode == 0 and "resuming experiment faulty" in sweep.stdout, sweep.stderr
     assert written.exists()
@@ -353,7 +417,7 @@ def test_a_checkpoint_whose_report_is_delayed_survives_popbt_run_s_sweep(tmp_pat
 
 
 def test_a_string_score_is_refused_and_a_nan_metric_is_stored_as_null():
-    from popbt.worker import split_score, ScoreError
+    from popbt.worker import ScoreError, split_score
 
     with pytest.raises(ScoreError):
         split_score("0.5", "score")  # a string is not a score, even one that looks like a number

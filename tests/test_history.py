@@ -10,11 +10,10 @@ import pytest
 from rich.console import Console
 
 import popbt
-from popbt import history, report
-from popbt.store import WAITING, Exploit, NotFound
-
 from conftest import run_popbt
 from pbt_history import EXPLOITS, hand_built
+from popbt import history, report
+from popbt.store import WAITING, Exploit, NotFound
 
 READERS = (["list"], ["status"], ["status", "--experiment", "nope"], ["best", "--json"], ["export"])
 
@@ -57,15 +56,26 @@ def test_read_many_keeps_the_order_asked_and_names_an_unknown_experiment(sqlite_
         history.read_many(["a", "c"], storage=sqlite_url)
 
 
-
 def test_a_task_whose_start_is_not_decided_yet_shows_as_waiting(sqlite_url):
     hand_built(sqlite_url)
     st = popbt.status("hand", storage=sqlite_url)
-    undecided = replace(st.population[2], interval=3, state=WAITING, score=None, hparams={}, parent=None,
-                        parent_interval=None, worker=None, device=None)
+    undecided = replace(
+        st.population[2],
+        interval=3,
+        state=WAITING,
+        score=None,
+        hparams={},
+        parent=None,
+        parent_interval=None,
+        worker=None,
+        device=None,
+    )
     shown = replace(st, population=[*st.population[:2], undecided, st.population[3]])
     console = Console(file=io.StringIO(), width=160)
     console.print(report.status_table(shown))
-    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in console.file.getvalue().splitlines()
-            if line.startswith("│")]
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in console.file.getvalue().splitlines()
+        if line.startswith("│")
+    ]
     assert rows[2] == ["2", "3", "", "", "", "waiting", "", ""]

@@ -6,11 +6,10 @@ import io
 
 from rich.console import Console
 
-from popbt import live
-from popbt.store import Result, open_store
-
 from conftest import run_popbt
 from pbt_history import config, hand_built
+from popbt import live
+from popbt.store import Result, open_store
 
 
 def test_snapshot_shows_each_running_interval_with_its_worker_and_device(sqlite_url):
@@ -56,8 +55,10 @@ def test_plain_lines_name_the_last_exploit_and_stop_when_told(sqlite_url):
         stopped = live.watch(store, pending, lambda: False, Console(file=io.StringIO()))
     finally:
         store.close()
-    assert out.getvalue().strip() == ("[hand] 12/12 intervals, 0 running; best acc 0.95 (member 1); "
-                                      "last exploit: member 1 copied member 0 (interval 1) at interval 2")
+    assert out.getvalue().strip() == (
+        "[hand] 12/12 intervals, 0 running; best acc 0.95 (member 1); "
+        "last exploit: member 1 copied member 0 (interval 1) at interval 2"
+    )
     assert not stopped.finished and stopped.done == 0
 
 

@@ -18,13 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import QUAD, popbt_cmd, run_popbt
 from popbt.store import open_store
 
-from conftest import QUAD, popbt_cmd, run_popbt
-
 PORT = 54329
-HOSTS = {"a": ("popbt-host-a", "10.231.1.1", "10.231.1.2"),
-         "b": ("popbt-host-b", "10.231.2.1", "10.231.2.2")}
+HOSTS = {"a": ("popbt-host-a", "10.231.1.1", "10.231.1.2"), "b": ("popbt-host-b", "10.231.2.1", "10.231.2.2")}
 
 
 def _why_not() -> str | None:
@@ -78,8 +76,18 @@ def server(hosts):
     with open(data / "pg_hba.conf", "a") as f:
         f.write("host all all 10.231.0.0/16 trust\n")
     listen = ",".join(root_ip for _, root_ip, _ in hosts.values())
-    sh(*as_pg, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
-       "-o", f"-c listen_addresses={listen} -p {PORT} -k {data}", "start")
+    sh(
+        *as_pg,
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-w",
+        "-l",
+        str(data / "log"),
+        "-o",
+        f"-c listen_addresses={listen} -p {PORT} -k {data}",
+        "start",
+    )
     sh(*as_pg, str(bin_dir / "createdb"), "-h", str(data), "-p", str(PORT), "popbt")
     yield {name: f"postgresql+psycopg://postgres@{root_ip}:{PORT}/popbt" for name, (_, root_ip, _) in hosts.items()}
     subprocess.run([*as_pg, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
@@ -92,22 +100,47 @@ def on_host(ns: str, *args: str) -> list[str]:
 
 def test_cutting_a_hosts_link_mid_run_hands_its_work_to_the_other_host(server, tmp_path):
     env = {**os.environ, "POPBT_TEST_LEASE": "3", "POPBT_TEST_STEP_SECONDS": "0.05"}
-    created = run_popbt("run", QUAD, "--workers", "0", "--population", "6", "--intervals", "8",
-                        "--checkpoints", "db", "--storage", server["a"], "--dir", str(tmp_path), env=env)
+    created = run_popbt(
+        "run",
+        QUAD,
+        "--workers",
+        "0",
+        "--population",
+        "6",
+        "--intervals",
+        "8",
+        "--checkpoints",
+        "db",
+        "--storage",
+        server["a"],
+        "--dir",
+        str(tmp_path),
+        env=env,
+    )
     assert created.returncode == 0, created.stderr
     ns_a, ns_b = HOSTS["a"][0], HOSTS["b"][0]
     marker = tmp_path / "markers"
     marker.mkdir()
     # host a trains alone until member 2's interval 2, where it stays for 12 s
     env_a = {**env, "POPBT_TEST_HANG": f"2:2:{marker}", "POPBT_TEST_HANG_SECONDS": "12"}
-    host_a = subprocess.Popen(on_host(ns_a, *popbt_cmd("worker", QUAD, "--storage", server["a"])), env=env_a,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    host_a = subprocess.Popen(
+        on_host(ns_a, *popbt_cmd("worker", QUAD, "--storage", server["a"])),
+        env=env_a,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not any(marker.iterdir()):
         assert time.monotonic() < deadline and host_a.poll() is None, "host a never reached member 2 interval 2"
         time.sleep(0.05)
-    host_b = subprocess.Popen(on_host(ns_b, *popbt_cmd("worker", QUAD, "--storage", server["b"])), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    host_b = subprocess.Popen(
+        on_host(ns_b, *popbt_cmd("worker", QUAD, "--storage", server["b"])),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     sh("ip", "link", "set", f"{ns_a[-1]}-root", "down")  # host a drops off the network mid-interval
     b_out, _ = host_b.communicate(timeout=180)
     assert host_b.returncode == 0, b_out

@@ -43,7 +43,7 @@ def lr_position(hp):
 
 
 def peak_at(x):
-    return lambda hp, t, b: -(lr_position(hp) - x) ** 2
+    return lambda hp, t, b: -((lr_position(hp) - x) ** 2)
 
 
 # -- the GP ---------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def test_members_choosing_at_once_spread_out_where_the_data_leave_room():
         data = []
         for i in range(16):
             hp = {"a": rng.random(), "b": 0.3 * rng.random()}
-            data.append(Point(hp, float(1 + i % 2), 0.0, -(hp["a"] - 0.5) ** 2 + 0.01 * rng.gauss(0, 1)))
+            data.append(Point(hp, float(1 + i % 2), 0.0, -((hp["a"] - 0.5) ** 2) + 0.01 * rng.gauss(0, 1)))
         first = suggest(data, space, 3, 0.0, random.Random(10 * seed))
         alone = suggest(data, space, 3, 0.0, random.Random(10 * seed + 1))
         together = suggest(data, space, 3, 0.0, random.Random(10 * seed + 1), pending=[Busy(first, 0.0)])
@@ -96,7 +96,7 @@ def test_members_choosing_at_once_spread_out_where_the_data_leave_room():
 def test_loguniform_is_modelled_in_log_space():
     space = {"lr": LogUniform(1e-5, 1e-1)}
     for seed in SEEDS:
-        data = history(space, lambda hp, t, b: -((math.log10(hp["lr"]) + 3) / 2) ** 2, seed)
+        data = history(space, lambda hp, t, b: -(((math.log10(hp["lr"]) + 3) / 2) ** 2), seed)
         # 1e-3 is the middle of the range in log space, 1% of it in linear space
         assert abs(math.log10(suggest(data, space, 7, 0.5, random.Random(seed))["lr"]) + 3) < 0.4
 
@@ -114,8 +114,13 @@ def test_values_stay_in_bounds_and_integers_stay_integers():
 
 def test_a_fit_on_300_points_completes():
     space = {"lr": LogUniform(1e-4, 1e-1), "momentum": Uniform(0.0, 0.99), "layers": IntUniform(1, 8)}
-    data = history(space, lambda hp, t, b: -(to_unit(space["lr"], hp["lr"]) - 0.7) ** 2, intervals=15,
-                   per_interval=20, before=lambda rng: rng.random())
+    data = history(
+        space,
+        lambda hp, t, b: -((to_unit(space["lr"], hp["lr"]) - 0.7) ** 2),
+        intervals=15,
+        per_interval=20,
+        before=lambda rng: rng.random(),
+    )
     busy = [Busy(p.hparams, p.after) for p in data[-4:]]
     hp = suggest(data, space, 16, 0.5, random.Random(0), pending=busy)
     assert set(hp) == set(space)
@@ -140,8 +145,15 @@ def choice_history(gain, seed, intervals=10, per_interval=8):
 def test_the_bandit_mostly_picks_the_category_that_improves_more():
     space = {"act": Choice(ACTIVATIONS, ordered=False)}
     picks = collections.Counter(
-        suggest(choice_history(lambda t: {"relu": 0.0, "tanh": 0.3, "gelu": 0.1}, seed, intervals=15), space, 16,
-                0.5, random.Random(seed))["act"] for seed in range(30))
+        suggest(
+            choice_history(lambda t: {"relu": 0.0, "tanh": 0.3, "gelu": 0.1}, seed, intervals=15),
+            space,
+            16,
+            0.5,
+            random.Random(seed),
+        )["act"]
+        for seed in range(30)
+    )
     assert picks["tanh"] >= 20, picks  # a uniform pick does this once in 6000 runs
 
 
@@ -184,9 +196,16 @@ def test_numbers_are_perturbed_when_too_few_points_used_the_chosen_category():
     # cannot fit a model, so the numbers are then perturbed
     space = {**SPACE, "act": Choice(["relu", "tanh"], ordered=False)}
     rng = random.Random(0)
-    data = [Point({"lr": SPACE["lr"].sample(rng), "momentum": rng.random() * 0.99, "act": act}, float(t), 0.5,
-                  0.5 + (1.0 if act == "tanh" else 0.1 * rng.random()))
-            for t in (1, 2) for act in ["tanh"] + ["relu"] * 10]
+    data = [
+        Point(
+            {"lr": SPACE["lr"].sample(rng), "momentum": rng.random() * 0.99, "act": act},
+            float(t),
+            0.5,
+            0.5 + (1.0 if act == "tanh" else 0.1 * rng.random()),
+        )
+        for t in (1, 2)
+        for act in ["tanh"] + ["relu"] * 10
+    ]
     rules = collections.defaultdict(set)
     for seed in range(12):
         out = pb2.explore({"lr": 0.01, "momentum": 0.5, "act": "relu"}, space, data, 3, 0.5, random.Random(seed))
@@ -237,7 +256,8 @@ def test_unit_box_round_trips_in_log_space_for_log_domains():
 
 def test_points_start_from_the_checkpoint_each_interval_started_from():
     trained = [
-        Trained(0, 0, 0.1, {"lr": 0.1}, None, 10), Trained(1, 0, 0.5, {"lr": 0.2}, None, 20),
+        Trained(0, 0, 0.1, {"lr": 0.1}, None, 10),
+        Trained(1, 0, 0.5, {"lr": 0.2}, None, 20),
         Trained(1, 1, 0.6, {"lr": 0.2}, 20, 21),
         Trained(0, 1, 0.7, {"lr": 0.3}, 20, 11),  # member 0 copied member 1's interval-0 weights
         Trained(2, 0, None, {"lr": 0.4}, None, 30),  # a non-finite score, recorded as None

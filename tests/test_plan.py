@@ -28,8 +28,10 @@ def ckpt(member: int, interval: int) -> int:
 
 
 def cohort(interval: int, scores: dict[int, float | None], **usable) -> dict[tuple[int, int], Result]:
-    return {(m, interval): Result(m, interval, sc, {"lr": 0.1 * (m + 1)}, ckpt(m, interval),
-                                  usable.get(f"m{m}", True)) for m, sc in scores.items()}
+    return {
+        (m, interval): Result(m, interval, sc, {"lr": 0.1 * (m + 1)}, ckpt(m, interval), usable.get(f"m{m}", True))
+        for m, sc in scores.items()
+    }
 
 
 def waiting(member: int, interval: int, attempts: int = 0, replacements: int = 0) -> Waiting:
@@ -78,9 +80,11 @@ def test_a_member_is_compared_only_with_results_of_its_own_age():
     """Members 1 and 3 are an interval ahead and did well there; member 0's decision still
     ranks scores of interval 1 only, where member 1 is the worst."""
     cfg = config()
-    results = {**cohort(0, {m: 5.0 for m in range(4)}),
-               **cohort(1, {0: 0.65, 1: 0.6, 2: 0.99, 3: 0.7}),
-               **cohort(2, {1: 0.9, 3: 0.95})}
+    results = {
+        **cohort(0, {m: 5.0 for m in range(4)}),
+        **cohort(1, {0: 0.65, 1: 0.6, 2: 0.99, 3: 0.7}),
+        **cohort(2, {1: 0.9, 3: 0.95}),
+    }
     decided = by_member(plan(snapshot(cfg, results, [waiting(0, 2), waiting(2, 2), waiting(1, 3), waiting(3, 3)])))
     assert kept(decided[0]) and kept(decided[2])
     assert kept(decided[3])  # ahead: kept once member 1 scored below it at interval 2
@@ -116,8 +120,9 @@ def test_tied_members_may_copy_each_other_as_in_the_paper_s_toy():
 
 
 def test_a_count_for_the_groups_wins_over_the_fraction():
-    snap = snapshot(config(population=6, top=3), cohort(0, {m: float(m) for m in range(6)}),
-                    [waiting(m, 1) for m in range(6)])
+    snap = snapshot(
+        config(population=6, top=3), cohort(0, {m: float(m) for m in range(6)}), [waiting(m, 1) for m in range(6)]
+    )
     decided = by_member(plan(snap))
     assert {m for m, d in decided.items() if d.copy} == {0, 1, 2}
     assert {d.copy.donor for d in decided.values() if d.copy} <= {3, 4, 5}
@@ -138,8 +143,9 @@ def test_before_a_ready_interval_a_member_keeps_its_weights_without_waiting():
 
 
 def test_random_search_never_copies():
-    snap = snapshot(config(search="random"), cohort(0, {m: float(m) for m in range(4)}),
-                    [waiting(m, 1) for m in range(4)])
+    snap = snapshot(
+        config(search="random"), cohort(0, {m: float(m) for m in range(4)}), [waiting(m, 1) for m in range(4)]
+    )
     assert all(kept(d) for d in plan(snap).decisions) and len(plan(snap).decisions) == 4
     assert not needs_decision(config(search="random"), 3, finite=False)
 
@@ -172,8 +178,9 @@ def test_tournament_waits_only_for_the_opponent_it_drew():
 
 def lineage(member: int, scores: list[float]) -> list[Trained]:
     """A member that trained its own weights for len(scores) intervals."""
-    return [Trained(member, k, sc, {}, ckpt(member, k - 1) if k else None, ckpt(member, k))
-            for k, sc in enumerate(scores)]
+    return [
+        Trained(member, k, sc, {}, ckpt(member, k - 1) if k else None, ckpt(member, k)) for k, sc in enumerate(scores)
+    ]
 
 
 def test_ttest_copies_only_a_significantly_better_history():

@@ -8,13 +8,12 @@ import sys
 
 import pytest
 
+from conftest import QUAD, run_popbt
+from pbt_history import BEST_ANCESTRY, EXPLOITS, SCORES, hand_built, toy_run
 from popbt import plotdata
 from popbt.experiment import ConfigError, ExperimentConfig
 from popbt.space import Uniform
 from popbt.store import Result, open_store
-
-from conftest import QUAD, run_popbt
-from pbt_history import BEST_ANCESTRY, EXPLOITS, SCORES, hand_built, toy_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -68,8 +67,9 @@ def test_hyperparameter_plane_uses_the_space_and_stars_the_best_final_configurat
 
 def test_one_hyperparameter_is_plotted_against_the_score(sqlite_url):
     store = open_store(sqlite_url)
-    exp = store.create_experiment(ExperimentConfig("one", "x", {"h": Uniform(0.0, 1.0)}, population=2,
-                                                   intervals=1, metric="acc"), "/tmp")
+    exp = store.create_experiment(
+        ExperimentConfig("one", "x", {"h": Uniform(0.0, 1.0)}, population=2, intervals=1, metric="acc"), "/tmp"
+    )
     while (t := store.claim(exp.id, "w", "cpu")) is not None:
         store.report(t, Result(0.5 + t.member, {}, "/nonexistent", "0" * 64, 1))
     store.close()

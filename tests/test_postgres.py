@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 
-from popbt.store import open_store
-
 from conftest import QUAD, run_popbt
+from popbt.store import open_store
 
 
 def complete_once(url, name, population, intervals):
@@ -23,8 +22,20 @@ def complete_once(url, name, population, intervals):
 
 
 def test_toy_with_three_workers_on_postgresql(pg_url, tmp_path):
-    out = run_popbt("run", "examples/toy_quadratic.py", "--workers", "3", "--population", "6",
-                    "--intervals", "8", "--storage", pg_url, "--dir", str(tmp_path))
+    out = run_popbt(
+        "run",
+        "examples/toy_quadratic.py",
+        "--workers",
+        "3",
+        "--population",
+        "6",
+        "--intervals",
+        "8",
+        "--storage",
+        pg_url,
+        "--dir",
+        str(tmp_path),
+    )
     assert out.returncode == 0, out.stderr
     exp, live = complete_once(pg_url, "toy_quadratic", 6, 8)
     assert exp.status == "finished" and len(live) == 6
@@ -32,8 +43,7 @@ def test_toy_with_three_workers_on_postgresql(pg_url, tmp_path):
 
 
 def test_checkpoints_in_the_database_need_nothing_but_the_url(pg_url, tmp_path):
-    out = run_popbt("run", QUAD, "--workers", "2", "--checkpoints", "db", "--storage", pg_url,
-                    "--dir", str(tmp_path))
+    out = run_popbt("run", QUAD, "--workers", "2", "--checkpoints", "db", "--storage", pg_url, "--dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
     exp, live = complete_once(pg_url, "quad", 4, 6)
     assert exp.checkpoint_dir == "db"

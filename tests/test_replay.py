@@ -7,16 +7,15 @@ import json
 import pytest
 
 import popbt
+from conftest import QUAD, run_popbt
+from pbt_history import BEST_ANCESTRY, hand_built, toy_run
 from popbt import analysis
 from popbt.experiment import ConfigError
 from popbt.store import NotFound, open_store
 
-from conftest import QUAD, run_popbt
-from pbt_history import BEST_ANCESTRY, hand_built, toy_run
-
 # A spec that records what replay does to it: the hyperparameters it was built with, each
 # apply, and each interval trained; its score is the number of intervals trained.
-RECORDER = '''
+RECORDER = """
 import json
 from popbt import LogUniform, Uniform
 
@@ -42,7 +41,7 @@ def save(state, path):
 def load(state, path):
     with open(path) as f:
         return json.load(f)
-'''
+"""
 
 
 @pytest.fixture
@@ -76,7 +75,10 @@ def test_replay_applies_each_schedule_change_at_its_interval(tmp_path, sqlite_ur
     assert state["trained"] == [[s.interval, s.hparams] for s in schedule]
     assert state["applied"] == [s.hparams for s in schedule[1:]]
     assert [(s.interval, s.member, s.original, s.replayed) for s in done.steps] == [
-        (0, 3, 0.4, 1.0), (1, 0, 0.9, 2.0), (2, 1, 0.95, 3.0)]
+        (0, 3, 0.4, 1.0),
+        (1, 0, 0.9, 2.0),
+        (2, 1, 0.95, 3.0),
+    ]
     assert history_of(sqlite_url, "hand") == before  # replay only reads the store
 
 
@@ -121,7 +123,7 @@ def test_replay_from_the_command_line_prints_scores_and_the_weights_path(tmp_pat
     assert out.returncode == 2 and "no result for member 9" in out.stderr
 
 
-NOISY = '''
+NOISY = """
 import numpy as np
 import popbt
 from popbt import Uniform
@@ -149,7 +151,7 @@ def save(theta, path):
 def load(theta, path):
     with open(path, "rb") as f:
         return np.load(f)
-'''
+"""
 
 
 def test_replay_reuses_the_seed_of_the_attempt_that_succeeded(tmp_path):

@@ -10,12 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from conftest import QUAD, SPECS, expire_lease, popbt_cmd, run_popbt
 from popbt import analysis
 from popbt.experiment import ExperimentConfig
 from popbt.space import Uniform
 from popbt.store import DONE, NotFound, open_store
-
-from conftest import QUAD, SPECS, expire_lease, popbt_cmd, run_popbt
 
 FAULTY = str(SPECS / "faulty.py")
 
@@ -153,9 +152,12 @@ def test_a_worker_killed_mid_interval_loses_only_that_interval(tmp_path, sqlite_
     run_popbt("run", QUAD, "--workers", "0", "--seed", "1", "--storage", sqlite_url, "--dir", str(tmp_path))
     marker = tmp_path / "markers"
     marker.mkdir()
-    doomed = subprocess.Popen(popbt_cmd("worker", QUAD, "--storage", sqlite_url),
-                              env={**os.environ, "POPBT_TEST_HANG": f"2:3:{marker}"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    doomed = subprocess.Popen(
+        popbt_cmd("worker", QUAD, "--storage", sqlite_url),
+        env={**os.environ, "POPBT_TEST_HANG": f"2:3:{marker}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for(lambda: any(marker.iterdir()), what="the worker to start member 2 interval 3")
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
@@ -179,8 +181,23 @@ def history_signature(url, name):
 
 def test_sync_with_a_seed_gives_the_same_history_whatever_the_number_of_workers(tmp_path, storage):
     for name, workers in (("one", "1"), ("three", "3")):
-        out = run_popbt("run", QUAD, "--sync", "--seed", "11", "--population", "5", "--name", name,
-                        "--workers", workers, "--storage", storage, "--dir", str(tmp_path))
+        out = run_popbt(
+            "run",
+            QUAD,
+            "--sync",
+            "--seed",
+            "11",
+            "--population",
+            "5",
+            "--name",
+            name,
+            "--workers",
+            workers,
+            "--storage",
+            storage,
+            "--dir",
+            str(tmp_path),
+        )
         assert out.returncode == 0, out.stderr
     one, three = history_signature(storage, "one"), history_signature(storage, "three")
     assert len(one) == 30
@@ -191,8 +208,9 @@ def test_sync_with_a_seed_gives_the_same_history_whatever_the_number_of_workers(
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path, sqlite_url):
     args = ("run", QUAD, "--workers", "2", "--seed", "5", "--storage", sqlite_url, "--dir", str(tmp_path))
     env = {**os.environ, "POPBT_TEST_STEP_SECONDS": "0.2"}
-    first = subprocess.Popen(popbt_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
+    first = subprocess.Popen(
+        popbt_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     wait_for(lambda: done_count(sqlite_url, "quad") >= 6, what="6 intervals done")
     os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     out, err = first.communicate(timeout=60)
@@ -214,7 +232,9 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path, sqlite_url)
 
 def test_a_failing_member_is_retried_then_replaced_and_the_run_completes(tmp_path, sqlite_url):
     env = {"POPBT_TEST_FAIL": "1:2"}
-    out = run_popbt("run", QUAD, "--workers", "1", "--seed", "2", "--storage", sqlite_url, "--dir", str(tmp_path), env=env)
+    out = run_popbt(
+        "run", QUAD, "--workers", "1", "--seed", "2", "--storage", sqlite_url, "--dir", str(tmp_path), env=env
+    )
     assert out.returncode == 0, out.stderr
     exp, rows, events = results(sqlite_url, "quad")
     assert exp.status == "finished"
@@ -226,8 +246,22 @@ def test_a_failing_member_is_retried_then_replaced_and_the_run_completes(tmp_pat
 def test_every_final_model_trained_exactly_every_interval_in_async_mode(tmp_path, sqlite_url):
     """Async, one worker, population 8: copies cross no ages, so each final model's ancestry is
     intervals 0..9 once each, and the best member's schedule has no hole."""
-    out = run_popbt("run", QUAD, "--workers", "1", "--seed", "6", "--population", "8", "--intervals", "10",
-                    "--storage", sqlite_url, "--dir", str(tmp_path))
+    out = run_popbt(
+        "run",
+        QUAD,
+        "--workers",
+        "1",
+        "--seed",
+        "6",
+        "--population",
+        "8",
+        "--intervals",
+        "10",
+        "--storage",
+        sqlite_url,
+        "--dir",
+        str(tmp_path),
+    )
     assert out.returncode == 0, out.stderr
     exp, rows, _ = results(sqlite_url, "quad")
     assert len(store_exploits(sqlite_url, exp.id)) >= 10  # it did exploit, two members a generation
@@ -239,8 +273,19 @@ def test_every_final_model_trained_exactly_every_interval_in_async_mode(tmp_path
 
 def test_a_retry_trains_with_a_fresh_seed(tmp_path, sqlite_url):
     """A failure that depends on the random draw is not repeated: the second attempt succeeds."""
-    out = run_popbt("run", QUAD, "--workers", "1", "--seed", "8", "--storage", sqlite_url, "--dir", str(tmp_path),
-                    env={"POPBT_TEST_FAIL_SEED": "2:3", "POPBT_TEST_SEED": "8"})
+    out = run_popbt(
+        "run",
+        QUAD,
+        "--workers",
+        "1",
+        "--seed",
+        "8",
+        "--storage",
+        sqlite_url,
+        "--dir",
+        str(tmp_path),
+        env={"POPBT_TEST_FAIL_SEED": "2:3", "POPBT_TEST_SEED": "8"},
+    )
     assert out.returncode == 0, out.stderr
     _, rows, events = results(sqlite_url, "quad")
     assert [(e.member, e.interval) for e in events if e.kind == "failure"] == [(2, 3)]
@@ -249,8 +294,21 @@ def test_a_retry_trains_with_a_fresh_seed(tmp_path, sqlite_url):
 
 
 def test_a_nan_score_counts_as_the_worst_and_its_member_copies_a_top_member(tmp_path, sqlite_url):
-    out = run_popbt("run", QUAD, "--workers", "1", "--seed", "1", "--ready-every", "4", "--storage", sqlite_url,
-                    "--dir", str(tmp_path), env={"POPBT_TEST_NAN": "0:1"})
+    out = run_popbt(
+        "run",
+        QUAD,
+        "--workers",
+        "1",
+        "--seed",
+        "1",
+        "--ready-every",
+        "4",
+        "--storage",
+        sqlite_url,
+        "--dir",
+        str(tmp_path),
+        env={"POPBT_TEST_NAN": "0:1"},
+    )
     assert out.returncode == 0, out.stderr
     exp, rows, events = results(sqlite_url, "quad")
     [nan] = [r for r in rows if (r.member, r.interval) == (0, 1)]
@@ -261,8 +319,19 @@ def test_a_nan_score_counts_as_the_worst_and_its_member_copies_a_top_member(tmp_
 
 
 def test_with_nonfinite_fail_a_nan_score_is_a_failed_attempt(tmp_path, sqlite_url):
-    out = run_popbt("run", QUAD, "--workers", "1", "--nonfinite", "fail", "--storage", sqlite_url,
-                    "--dir", str(tmp_path), env={"POPBT_TEST_NAN": "0:1"})
+    out = run_popbt(
+        "run",
+        QUAD,
+        "--workers",
+        "1",
+        "--nonfinite",
+        "fail",
+        "--storage",
+        sqlite_url,
+        "--dir",
+        str(tmp_path),
+        env={"POPBT_TEST_NAN": "0:1"},
+    )
     assert out.returncode == 0, out.stderr
     _, rows, events = results(sqlite_url, "quad")
     assert any("not a finite number" in e.message for e in events if e.kind == "failure")
@@ -276,9 +345,24 @@ def test_sync_with_a_failing_member_gives_the_same_history_whatever_the_number_o
     for name, workers in (("one", "1"), ("three", "3")):
         marks = tmp_path / f"marks-{name}"
         marks.mkdir()
-        out = run_popbt("run", FAULTY, "--sync", "--seed", "11", "--population", "5", "--name", name,
-                        "--workers", workers, "--storage", storage, "--dir", str(tmp_path),
-                        env={"FAULTY_DIR": str(marks), "FAULTY_RAISE": "save:0:2:3", "FAULTY_STEP_SECONDS": "0.1"})
+        out = run_popbt(
+            "run",
+            FAULTY,
+            "--sync",
+            "--seed",
+            "11",
+            "--population",
+            "5",
+            "--name",
+            name,
+            "--workers",
+            workers,
+            "--storage",
+            storage,
+            "--dir",
+            str(tmp_path),
+            env={"FAULTY_DIR": str(marks), "FAULTY_RAISE": "save:0:2:3", "FAULTY_STEP_SECONDS": "0.1"},
+        )
         assert out.returncode == 0, out.stderr
     one, three = history_signature(storage, "one"), history_signature(storage, "three")
     assert one == three
@@ -290,8 +374,20 @@ def test_sync_with_a_failing_member_gives_the_same_history_whatever_the_number_o
 
 
 def test_a_corrupted_checkpoint_is_detected_and_never_loaded(tmp_path, sqlite_url):
-    run_popbt("run", QUAD, "--workers", "0", "--seed", "4", "--intervals", "3", "--storage", sqlite_url,
-              "--dir", str(tmp_path))
+    run_popbt(
+        "run",
+        QUAD,
+        "--workers",
+        "0",
+        "--seed",
+        "4",
+        "--intervals",
+        "3",
+        "--storage",
+        sqlite_url,
+        "--dir",
+        str(tmp_path),
+    )
     store = open_store(sqlite_url)
     exp = store.experiment("quad")
     tasks = [store.claim(exp.id, "w", "cpu") for _ in range(4)]

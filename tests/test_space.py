@@ -6,22 +6,34 @@ import random
 
 import pytest
 
-from popbt.space import (Choice, IntUniform, LogUniform, SpaceError, Uniform, sample_space,
-                         space_from_json, space_to_json, validate_hparams)
+from popbt.space import (
+    Choice,
+    IntUniform,
+    LogUniform,
+    SpaceError,
+    Uniform,
+    sample_space,
+    space_from_json,
+    space_to_json,
+    validate_hparams,
+)
 from popbt.strategy import explore
 
 
-@pytest.mark.parametrize("make", [
-    lambda: Uniform(1.0, 0.0),
-    lambda: Uniform(0.0, 0.0),
-    lambda: Uniform(0.0, float("nan")),
-    lambda: LogUniform(0.0, 1.0),
-    lambda: LogUniform(-1.0, 1.0),
-    lambda: IntUniform(5, 1),
-    lambda: IntUniform(0.5, 3),
-    lambda: Choice([]),
-    lambda: Choice([1, 1]),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Uniform(1.0, 0.0),
+        lambda: Uniform(0.0, 0.0),
+        lambda: Uniform(0.0, float("nan")),
+        lambda: LogUniform(0.0, 1.0),
+        lambda: LogUniform(-1.0, 1.0),
+        lambda: IntUniform(5, 1),
+        lambda: IntUniform(0.5, 3),
+        lambda: Choice([]),
+        lambda: Choice([1, 1]),
+    ],
+)
 def test_invalid_bounds_raise_a_clear_error(make):
     with pytest.raises(SpaceError) as err:
         make()

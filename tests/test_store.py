@@ -9,12 +9,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import update
 
+from conftest import expire_lease
 from popbt.experiment import ConfigError, ExperimentConfig
 from popbt.space import Uniform
-from popbt.store import (DONE, FAILED, PENDING, LeaseLost, NotFound, Result, StoreError, open_store)
-from popbt.store import schema
-
-from conftest import expire_lease
+from popbt.store import DONE, FAILED, PENDING, LeaseLost, NotFound, Result, StoreError, open_store, schema
 
 SPACE = {"lr": Uniform(0.0, 1.0)}
 
@@ -39,7 +37,7 @@ def store(storage):
 def first_interval(store, exp, order=None):
     """Everyone trains interval 0 (score = member index), reporting in ``order``."""
     tasks = [store.claim(exp.id, "w", "cpu") for _ in range(exp.config.population)]
-    for t in (tasks if order is None else [tasks[m] for m in order]):
+    for t in tasks if order is None else [tasks[m] for m in order]:
         store.report(t, result(t.member, f"/ckpt/{t.member}-0"))
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import QUAD
 from popbt.cli import parser
 from popbt.experiment import ConfigError, ExperimentConfig, load_spec
 from popbt.launch import run
 from popbt.space import IntUniform, Uniform
-from popbt.store import PENDING, FAILED, Result, open_store
+from popbt.store import PENDING, Result, open_store
 from popbt.worker import Worker
-
-from conftest import QUAD
 
 SPACE = {"lr": Uniform(0.0, 1.0)}
 PERTURB_RULES = {"x0.8", "x1.2", "resample"}
@@ -133,11 +132,14 @@ def test_the_explore_hook_chooses_the_copy_s_hyperparameters(store):
     assert 0 <= x.hparams_after["lr"] - donor.hparams["lr"] / 2 <= 0.01
 
 
-@pytest.mark.parametrize("hook, message", [
-    (lambda hp, rng: {"lr": 7.0}, "7.0 is outside [0.0, 1.0]"),
-    (lambda hp, rng: {"rate": 0.1}, "unexpected ['rate']"),
-    (lambda hp, rng: hp["nope"], "raised KeyError"),
-])
+@pytest.mark.parametrize(
+    "hook, message",
+    [
+        (lambda hp, rng: {"lr": 7.0}, "7.0 is outside [0.0, 1.0]"),
+        (lambda hp, rng: {"rate": 0.1}, "unexpected ['rate']"),
+        (lambda hp, rng: hp["nope"], "raised KeyError"),
+    ],
+)
 def test_an_invalid_hook_answer_is_a_recorded_failure_and_the_member_keeps_its_own(store, hook, message):
     exp = store.create_experiment(config(intervals=3), "/tmp")
     first_interval(store, exp, explore=hook)
@@ -164,7 +166,7 @@ def test_a_replacement_whose_hook_fails_falls_back_to_the_default_explore(store)
     drain(store, exp)
 
 
-SPEC = '''
+SPEC = """
 from popbt import Uniform
 import numpy as np
 
@@ -178,11 +180,11 @@ def save(theta, path):
     with open(path, "wb") as f: np.save(f, theta)
 def load(theta, path):
     with open(path, "rb") as f: return np.load(f)
-'''
-HOOK = '''
+"""
+HOOK = """
 def explore(hparams, rng):
     return {"h0": 1.0, "h1": 1.0}
-'''
+"""
 
 
 def test_a_worker_runs_the_spec_s_explore_hook(tmp_path, sqlite_url):
@@ -227,33 +229,82 @@ def test_pb2_chooses_numbers_once_there_is_history_and_perturbs_before(store, sy
 
 
 def test_command_line_strategy_options_reach_the_stored_config(tmp_path):
-    args = parser().parse_args([
-        "run", "x.py", "--top", "2", "--exploit", "tournament", "--ready-every", "2", "--burn-in", "3",
-        "--explore", "perturb", "--factors", "0.9,1.1", "--resample-probability", "0.1",
-    ])
+    args = parser().parse_args(
+        [
+            "run",
+            "x.py",
+            "--top",
+            "2",
+            "--exploit",
+            "tournament",
+            "--ready-every",
+            "2",
+            "--burn-in",
+            "3",
+            "--explore",
+            "perturb",
+            "--factors",
+            "0.9,1.1",
+            "--resample-probability",
+            "0.1",
+        ]
+    )
     assert (args.top, args.exploit, args.ready_every, args.burn_in, args.factors, args.resample_probability) == (
-        2, "tournament", 2, 3, (0.9, 1.1), 0.1)
+        2,
+        "tournament",
+        2,
+        3,
+        (0.9, 1.1),
+        0.1,
+    )
     with pytest.raises(SystemExit):
         parser().parse_args(["run", "x.py", "--top", "2", "--quantile", "0.2"])  # one or the other
     with pytest.raises(SystemExit):
         parser().parse_args(["run", "x.py", "--factors", "0.9,big"])
-    run(QUAD, workers=0, dir=tmp_path, top=2, exploit="ttest", ttest_window=3, ready_every=2, burn_in=3,
-        explore="pb2", factors=[0.9, 1.1], resample_probability=0.1)
+    run(
+        QUAD,
+        workers=0,
+        dir=tmp_path,
+        top=2,
+        exploit="ttest",
+        ttest_window=3,
+        ready_every=2,
+        burn_in=3,
+        explore="pb2",
+        factors=[0.9, 1.1],
+        resample_probability=0.1,
+    )
     store = open_store(f"sqlite:///{tmp_path / 'popbt.db'}")
     try:
         cfg = store.experiment("quad").config
     finally:
         store.close()
-    assert (cfg.top, cfg.exploit, cfg.ttest_window, cfg.ready_every, cfg.burn_in, cfg.explore,
-            cfg.factors, cfg.resample_probability) == (2, "ttest", 3, 2, 3, "pb2", (0.9, 1.1), 0.1)
+    assert (
+        cfg.top,
+        cfg.exploit,
+        cfg.ttest_window,
+        cfg.ready_every,
+        cfg.burn_in,
+        cfg.explore,
+        cfg.factors,
+        cfg.resample_probability,
+    ) == (2, "ttest", 3, 2, 3, "pb2", (0.9, 1.1), 0.1)
 
 
 def test_a_config_stored_before_these_settings_existed_still_loads():
-    old = {k: v for k, v in config().to_json().items()
-           if k not in ("top", "exploit", "ttest_window", "ttest_alpha", "ready_every", "burn_in", "explore")}
+    old = {
+        k: v
+        for k, v in config().to_json().items()
+        if k not in ("top", "exploit", "ttest_window", "ttest_alpha", "ready_every", "burn_in", "explore")
+    }
     loaded = ExperimentConfig.from_json(old)
     assert (loaded.exploit, loaded.explore, loaded.top, loaded.ready_every, loaded.burn_in) == (
-        "truncation", "perturb", None, 1, 0)
+        "truncation",
+        "perturb",
+        None,
+        1,
+        0,
+    )
     assert loaded == config()
 
 

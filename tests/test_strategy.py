@@ -8,9 +8,23 @@ import pytest
 
 from popbt.experiment import ConfigError, ExperimentConfig
 from popbt.space import IntUniform, Uniform
-from popbt.strategy import (ExploreError, Standing, StrategyError, Trained, check_top, cut_size,
-                            explore_with, histories, is_ready, opponent, rank, significantly_better,
-                            surely_kept, tiebreak, truncation)
+from popbt.strategy import (
+    ExploreError,
+    Standing,
+    StrategyError,
+    Trained,
+    check_top,
+    cut_size,
+    explore_with,
+    histories,
+    is_ready,
+    opponent,
+    rank,
+    significantly_better,
+    surely_kept,
+    tiebreak,
+    truncation,
+)
 
 SPACE = {"lr": Uniform(0.0, 1.0)}
 
@@ -135,8 +149,10 @@ def test_histories_follow_the_weights_back_through_an_exploit():
     # member 0 trained intervals 0-1 (checkpoints 10, 11), member 1 intervals 0-1 (20, 21);
     # then member 0 copied member 1's checkpoint 21 and trained interval 2 (checkpoint 12)
     trained = [
-        Trained(0, 0, 0.1, {}, None, 10), Trained(0, 1, 0.2, {}, 10, 11),
-        Trained(1, 0, 0.5, {}, None, 20), Trained(1, 1, 0.6, {}, 20, 21),
+        Trained(0, 0, 0.1, {}, None, 10),
+        Trained(0, 1, 0.2, {}, 10, 11),
+        Trained(1, 0, 0.5, {}, None, 20),
+        Trained(1, 1, 0.6, {}, 20, 21),
         Trained(0, 2, 0.7, {}, 21, 12),
     ]
     assert histories(trained, {0: 12, 1: 21}, 4) == {0: [0.5, 0.6, 0.7], 1: [0.5, 0.6]}
@@ -174,13 +190,16 @@ def test_an_explore_hook_decides_and_each_change_is_recorded():
     assert {n: c.rule for n, c in out.changes.items()} == {"lr": "hook", "bs": "keep"}
 
 
-@pytest.mark.parametrize("hook, message", [
-    (lambda hp, rng: {**hp, "lr": 2.0}, "hyperparameter 'lr': 2.0 is outside"),
-    (lambda hp, rng: {**hp, "bs": 12.5}, "hyperparameter 'bs': 12.5 is not an integer"),
-    (lambda hp, rng: {"lr": 0.5}, "missing ['bs']"),
-    (lambda hp, rng: None, "returned NoneType, not a dict"),
-    (lambda hp, rng: 1 / 0, "raised ZeroDivisionError: division by zero"),
-])
+@pytest.mark.parametrize(
+    "hook, message",
+    [
+        (lambda hp, rng: {**hp, "lr": 2.0}, "hyperparameter 'lr': 2.0 is outside"),
+        (lambda hp, rng: {**hp, "bs": 12.5}, "hyperparameter 'bs': 12.5 is not an integer"),
+        (lambda hp, rng: {"lr": 0.5}, "missing ['bs']"),
+        (lambda hp, rng: None, "returned NoneType, not a dict"),
+        (lambda hp, rng: 1 / 0, "raised ZeroDivisionError: division by zero"),
+    ],
+)
 def test_an_explore_hook_answer_outside_the_space_is_one_clear_error(hook, message):
     with pytest.raises(ExploreError) as err:
         explore_with(hook, {"lr": 0.5, "bs": 32}, HOOK_SPACE, random.Random(0))

@@ -19,14 +19,19 @@ from .worker import Trial, current
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Sequence
     from pathlib import Path
-    from typing import Sequence
 
 worker = work
 
 
-def plot(experiment: str = "latest", out: str | os.PathLike | None = None, storage: str | None = None,
-         dir: str | os.PathLike | None = None, compare: Sequence[str] | None = None) -> list[Path]:
+def plot(
+    experiment: str = "latest",
+    out: str | os.PathLike | None = None,
+    storage: str | None = None,
+    dir: str | os.PathLike | None = None,
+    compare: Sequence[str] | None = None,
+) -> list[Path]:
     """Write the figures of ``popbt plot`` and return their paths (see ``popbt.plots.plot``).
 
     Imports matplotlib only when called, so the rest of popbt runs without it.
@@ -39,8 +44,33 @@ def plot(experiment: str = "latest", out: str | os.PathLike | None = None, stora
 __version__ = "0.1.0"
 
 __all__ = [
-    "Best", "Choice", "Trial", "current", "ConfigError", "ExperimentConfig", "IntUniform", "LogUniform", "NotFound",
-    "RunSummary", "SpaceError", "Spec", "SpecError", "Step", "StoreError", "Uniform", "best",
-    "experiments", "export", "load_spec", "open_store", "plot", "Replay", "replay", "run", "status", "work",
-    "worker", "__version__",
+    "Best",
+    "Choice",
+    "Trial",
+    "current",
+    "ConfigError",
+    "ExperimentConfig",
+    "IntUniform",
+    "LogUniform",
+    "NotFound",
+    "RunSummary",
+    "SpaceError",
+    "Spec",
+    "SpecError",
+    "Step",
+    "StoreError",
+    "Uniform",
+    "best",
+    "experiments",
+    "export",
+    "load_spec",
+    "open_store",
+    "plot",
+    "Replay",
+    "replay",
+    "run",
+    "status",
+    "work",
+    "worker",
+    "__version__",
 ]

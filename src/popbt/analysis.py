@@ -6,8 +6,9 @@ on hand-built histories and reused by the CLI, the plots and the export.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .experiment import ExperimentConfig
 from .store import DONE, Row
@@ -42,8 +43,10 @@ class Best:
             "metric": metric,
             "score": self.score,
             "weights": self.weights,
-            "schedule": [{"interval": s.interval, "member": s.member, "hparams": s.hparams,
-                          "score": s.score} for s in self.schedule],
+            "schedule": [
+                {"interval": s.interval, "member": s.member, "hparams": s.hparams, "score": s.score}
+                for s in self.schedule
+            ],
         }
 
 
@@ -69,8 +72,10 @@ def ancestry(rows: Sequence[Row], member: int, interval: int) -> list[Row]:
 
 def schedule(rows: Sequence[Row], member: int, interval: int) -> list[Step]:
     """The hyperparameters the model trained with, interval by interval."""
-    return [Step(r.interval, r.member, r.hparams, r.score, r.attempts, r.replacements)
-            for r in ancestry(rows, member, interval)]
+    return [
+        Step(r.interval, r.member, r.hparams, r.score, r.attempts, r.replacements)
+        for r in ancestry(rows, member, interval)
+    ]
 
 
 def best(rows: Sequence[Row], config: ExperimentConfig) -> Best | None:

@@ -10,9 +10,9 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 CHUNK = 1 << 20
 SUFFIX = ".ckpt"
@@ -66,8 +66,7 @@ class CheckpointDir:
             raise
         return Written(str(final), digest, size)
 
-    def sweep(self, keep: Iterable[str], older_than: float,
-              busy: Iterable[tuple[int, int]] = ()) -> list[str]:
+    def sweep(self, keep: Iterable[str], older_than: float, busy: Iterable[tuple[int, int]] = ()) -> list[str]:
         """Delete files no row references (left by a worker killed before its report).
 
         Only files older than ``older_than`` seconds go, so an in-flight write is never touched,
@@ -83,8 +82,11 @@ class CheckpointDir:
         cutoff = time.time() - older_than
         removed = []
         for path in self.root.iterdir():
-            if (path.name.endswith(SUFFIX) or path.name.startswith(".tmp-")) \
-                    and str(path.absolute()) not in keep and owner(path.name) not in busy:
+            if (
+                (path.name.endswith(SUFFIX) or path.name.startswith(".tmp-"))
+                and str(path.absolute()) not in keep
+                and owner(path.name) not in busy
+            ):
                 try:
                     if path.stat().st_mtime >= cutoff:
                         continue

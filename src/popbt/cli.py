@@ -11,10 +11,10 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-
 from rich.table import Table
 
 from . import launch, live, report
@@ -28,8 +28,16 @@ from .strategy import EXPLOITS, EXPLORES, NONFINITE, StrategyError
 if TYPE_CHECKING:
     from .replay import Replay, ReplayStep
 
-USAGE_ERRORS = (SpecError, ConfigError, SpaceError, StrategyError, StoreError, NotFound,
-                CorruptCheckpoint, FileNotFoundError)
+USAGE_ERRORS = (
+    SpecError,
+    ConfigError,
+    SpaceError,
+    StrategyError,
+    StoreError,
+    NotFound,
+    CorruptCheckpoint,
+    FileNotFoundError,
+)
 DEMO_SPEC = "popbt.examples.digits"
 
 
@@ -39,14 +47,28 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def _storage_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", metavar="URL",
-                   help="SQLAlchemy URL (default: env POPBT_STORAGE, else sqlite:///DIR/popbt.db)")
-    p.add_argument("--dir", metavar="DIR", help="run directory for the database, checkpoints and logs "
-                   f"(default: ./{launch.DEFAULT_DIR})")
+    p.add_argument(
+        "--storage", metavar="URL", help="SQLAlchemy URL (default: env POPBT_STORAGE, else sqlite:///DIR/popbt.db)"
+    )
+    p.add_argument(
+        "--dir",
+        metavar="DIR",
+        help=f"run directory for the database, checkpoints and logs (default: ./{launch.DEFAULT_DIR})",
+    )
 
 
-STRATEGY_ARGS = ("top", "exploit", "ttest_window", "ttest_alpha", "ready_every", "burn_in", "explore",
-                 "factors", "resample_probability", "nonfinite")
+STRATEGY_ARGS = (
+    "top",
+    "exploit",
+    "ttest_window",
+    "ttest_alpha",
+    "ready_every",
+    "burn_in",
+    "explore",
+    "factors",
+    "resample_probability",
+    "nonfinite",
+)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -74,15 +96,25 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--burn-in", type=int, metavar="B", help="no exploit before interval B (default 0)")
     p.add_argument("--explore", choices=EXPLORES, help="how a copy's hyperparameters change (default perturb)")
     p.add_argument("--factors", type=_floats, metavar="LIST", help="perturb factors (default 0.8,1.2)")
-    p.add_argument("--resample-probability", type=float, metavar="P",
-                   help="perturb: resample a value with probability P (default 0.25)")
-    p.add_argument("--nonfinite", choices=NONFINITE,
-                   help="a NaN or infinite score: 'worst' (the default: the member copies a top member at once) "
-                        "or 'fail' (a failed attempt, retried)")
+    p.add_argument(
+        "--resample-probability",
+        type=float,
+        metavar="P",
+        help="perturb: resample a value with probability P (default 0.25)",
+    )
+    p.add_argument(
+        "--nonfinite",
+        choices=NONFINITE,
+        help="a NaN or infinite score: 'worst' (the default: the member copies a top member at once) "
+        "or 'fail' (a failed attempt, retried)",
+    )
     p.add_argument("--search", choices=("pbt", "random"), help="random: no exploit, no explore")
-    p.add_argument("--checkpoints", metavar="DIR|db",
-                   help="where checkpoints live: a directory every worker reaches (default DIR/checkpoints), "
-                        "or 'db' to keep them in the database")
+    p.add_argument(
+        "--checkpoints",
+        metavar="DIR|db",
+        help="where checkpoints live: a directory every worker reaches (default DIR/checkpoints), "
+        "or 'db' to keep them in the database",
+    )
     _storage_args(p)
 
 
@@ -110,8 +142,11 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="show an experiment's population")
     p.add_argument("--experiment", default="latest")
-    p.add_argument("--watch", action="store_true",
-                   help="live view (progress, workers, exploits) until the experiment finishes; Ctrl-C leaves")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="live view (progress, workers, exploits) until the experiment finishes; Ctrl-C leaves",
+    )
     _storage_args(p)
     p.set_defaults(func=cmd_status)
 
@@ -124,8 +159,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="draw PNG figures: scores, hyperparameters, schedule, lineage")
     p.add_argument("--experiment", default="latest")
     p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: DIR/plots/NAME)")
-    p.add_argument("--compare", nargs="+", metavar="NAME",
-                   help="instead, draw compare.png: best score so far of two or more experiments")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="NAME",
+        help="instead, draw compare.png: best score so far of two or more experiments",
+    )
     _storage_args(p)
     p.set_defaults(func=cmd_plot)
 
@@ -152,11 +191,23 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    summary = launch.run(args.spec, name=args.name, population=args.population, intervals=args.intervals,
-                         workers=args.workers, devices=args.devices, sync=args.sync, seed=args.seed,
-                         quantile=args.quantile, search=args.search, storage=args.storage, dir=args.dir,
-                         checkpoints=args.checkpoints, console=console,
-                         **{k: getattr(args, k) for k in STRATEGY_ARGS})
+    summary = launch.run(
+        args.spec,
+        name=args.name,
+        population=args.population,
+        intervals=args.intervals,
+        workers=args.workers,
+        devices=args.devices,
+        sync=args.sync,
+        seed=args.seed,
+        quantile=args.quantile,
+        search=args.search,
+        storage=args.storage,
+        dir=args.dir,
+        checkpoints=args.checkpoints,
+        console=console,
+        **{k: getattr(args, k) for k in STRATEGY_ARGS},
+    )
     return _finish(console, summary, args)
 
 
@@ -173,8 +224,14 @@ def _finish(console: Console, summary: launch.RunSummary, args: argparse.Namespa
 
 
 def cmd_worker(args: argparse.Namespace, console: Console) -> int:
-    launch.work(args.spec, experiment=args.experiment, device=args.device, storage=args.storage,
-                dir=args.dir, threads=args.threads)
+    launch.work(
+        args.spec,
+        experiment=args.experiment,
+        device=args.device,
+        storage=args.storage,
+        dir=args.dir,
+        threads=args.threads,
+    )
     return 0
 
 
@@ -196,8 +253,12 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     st = report.status(args.experiment, args.storage, args.dir)
     console.print(report.status_table(st))
     for ev in st.events:
-        console.print(f"  {ev.kind}: member {ev.member} interval {ev.interval}: {ev.message}", highlight=False,
-                      markup=False, soft_wrap=True)  # one event, one line, even in a log
+        console.print(
+            f"  {ev.kind}: member {ev.member} interval {ev.interval}: {ev.message}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )  # one event, one line, even in a log
     return 0
 
 
@@ -244,16 +305,27 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> int:
     from .replay import replay
 
     with console.status("replaying the first interval") as spinner:
-        def show(step: ReplayStep) -> None:
-            spinner.update(f"replayed interval {step.interval}: {step.replayed:.6g} "
-                           f"(original {report.fmt(step.original)})")
 
-        done = replay(args.spec, args.experiment, member=args.member, device=args.device, storage=args.storage,
-                      dir=args.dir, on_step=show)
+        def show(step: ReplayStep) -> None:
+            spinner.update(
+                f"replayed interval {step.interval}: {step.replayed:.6g} (original {report.fmt(step.original)})"
+            )
+
+        done = replay(
+            args.spec,
+            args.experiment,
+            member=args.member,
+            device=args.device,
+            storage=args.storage,
+            dir=args.dir,
+            on_step=show,
+        )
     console.print(replay_table(done))
     original = "none" if done.original is None else f"{done.original:.6g}"
-    console.print(f"replayed member {done.member} of {done.experiment}: {done.metric} {done.score:.6g} "
-                  f"(original {original})", highlight=False)
+    console.print(
+        f"replayed member {done.member} of {done.experiment}: {done.metric} {done.score:.6g} (original {original})",
+        highlight=False,
+    )
     console.print(f"weights: {done.weights}", highlight=False, soft_wrap=True)
     return 0
 
@@ -264,8 +336,13 @@ def replay_table(done: Replay) -> Table:
     for col in ("interval", "trained as member", *names, f"original {done.metric}", f"replayed {done.metric}"):
         table.add_column(col, justify="right")
     for s in done.steps:
-        table.add_row(str(s.interval), str(s.member), *(report.fmt(s.hparams[n]) for n in names),
-                      report.fmt(s.original), report.fmt(s.replayed))
+        table.add_row(
+            str(s.interval),
+            str(s.member),
+            *(report.fmt(s.hparams[n]) for n in names),
+            report.fmt(s.original),
+            report.fmt(s.replayed),
+        )
     return table
 
 

@@ -14,10 +14,11 @@ import math
 import random
 import re
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .space import Domain, SpaceError, check_space, space_from_json, space_to_json
 from .strategy import EXPLOITS, EXPLORES, NONFINITE, check_quantile, check_top
@@ -110,7 +111,7 @@ class ExperimentConfig:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
+    def from_json(cls, data: Mapping[str, Any]) -> ExperimentConfig:
         data = dict(data)
         data["space"] = space_from_json(data["space"])
         data["factors"] = tuple(data.get("factors", (0.8, 1.2)))
@@ -119,10 +120,31 @@ class ExperimentConfig:
 
 
 # Settings a spec module may default and the command line may override.
-STRATEGY = ("quantile", "top", "exploit", "ttest_window", "ttest_alpha", "ready_every", "burn_in",
-            "explore", "factors", "resample_probability", "nonfinite")
-TUNABLE = ("population", "intervals", "sync", "seed", "metric", "mode", "max_attempts", "lease_seconds",
-           "search", *STRATEGY)
+STRATEGY = (
+    "quantile",
+    "top",
+    "exploit",
+    "ttest_window",
+    "ttest_alpha",
+    "ready_every",
+    "burn_in",
+    "explore",
+    "factors",
+    "resample_probability",
+    "nonfinite",
+)
+TUNABLE = (
+    "population",
+    "intervals",
+    "sync",
+    "seed",
+    "metric",
+    "mode",
+    "max_attempts",
+    "lease_seconds",
+    "search",
+    *STRATEGY,
+)
 # Settings that, once an experiment exists, cannot change on resume.
 FIXED_ON_RESUME = ("population", "intervals", "sync", "seed", "metric", "mode", "search", *STRATEGY)
 
@@ -247,10 +269,10 @@ def _spec_from_object(ref: str, obj: Any) -> Spec:
     # ``explore`` is either the hook (a function) or the default explore rule (a string)
     hook = getattr(obj, "explore", None)
     hook = hook if callable(hook) else None
-    defaults = {n: getattr(obj, n) for n in TUNABLE
-                if getattr(obj, n, None) is not None and not (n == "explore" and hook)}
-    return Spec(ref, space, *(getattr(obj, n) for n in REQUIRED), apply=apply, defaults=defaults,
-                explore=hook)
+    defaults = {
+        n: getattr(obj, n) for n in TUNABLE if getattr(obj, n, None) is not None and not (n == "explore" and hook)
+    }
+    return Spec(ref, space, *(getattr(obj, n) for n in REQUIRED), apply=apply, defaults=defaults, explore=hook)
 
 
 def check_installed(config: ExperimentConfig) -> None:

@@ -32,8 +32,13 @@ LEADING = ("member", "interval", "state", "score")
 TRAILING = ("parent", "parent_interval", "worker", "device", "attempts", "started_at", "finished_at", "error")
 
 
-def export(experiment: str = "latest", format: str = "csv", out: str | os.PathLike | None = None,
-           storage: str | None = None, dir: str | os.PathLike | None = None) -> str:
+def export(
+    experiment: str = "latest",
+    format: str = "csv",
+    out: str | os.PathLike | None = None,
+    storage: str | None = None,
+    dir: str | os.PathLike | None = None,
+) -> str:
     """The experiment's history as CSV or JSON text; also written to ``out`` when given."""
     if format not in FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -72,8 +77,16 @@ def _record(r: Row, metrics: dict[str, str], hparams: dict[str, str]) -> dict[st
     out: dict[str, Any] = {"member": r.member, "interval": r.interval, "state": r.state, "score": r.score}
     out.update({col: r.metrics.get(name) for name, col in metrics.items()})
     out.update({col: r.hparams.get(name) for name, col in hparams.items()})
-    out.update(parent=r.parent, parent_interval=r.parent_interval, worker=r.worker, device=r.device,
-               attempts=r.attempts, started_at=r.started_at, finished_at=r.finished_at, error=r.error)
+    out.update(
+        parent=r.parent,
+        parent_interval=r.parent_interval,
+        worker=r.worker,
+        device=r.device,
+        attempts=r.attempts,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        error=r.error,
+    )
     return out
 
 
@@ -126,4 +139,3 @@ def write_atomically(path: Path, text: str) -> None:
         raise ConfigError(f"cannot write {path}: {e.strerror}") from None
     finally:
         tmp.unlink(missing_ok=True)
-

@@ -9,10 +9,10 @@ next command does not find "no experiments yet" where the user expected a run.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from .experiment import ExperimentConfig
 from .places import check_sqlite_path, locate, sqlite_file
@@ -42,8 +42,9 @@ def run_dir(storage: str | None = None, dir: str | os.PathLike | None = None) ->
 
 
 @contextmanager
-def open_reader(storage: str | None = None, dir: str | os.PathLike | None = None, *,
-                experiment: str | None = None) -> Iterator[SQLStore]:
+def open_reader(
+    storage: str | None = None, dir: str | os.PathLike | None = None, *, experiment: str | None = None
+) -> Iterator[SQLStore]:
     """An open store at ``--storage``/``--dir``, closed on exit. Raises ``NoDatabase`` for a
     sqlite file that does not exist, rather than creating one; ``experiment`` is the name the
     caller looks for, so that the error can say which one is missing."""
@@ -57,22 +58,23 @@ def open_reader(storage: str | None = None, dir: str | os.PathLike | None = None
 
 
 @contextmanager
-def open_experiment(experiment: str = "latest", storage: str | None = None,
-                    dir: str | os.PathLike | None = None) -> Iterator[tuple[SQLStore, Experiment]]:
+def open_experiment(
+    experiment: str = "latest", storage: str | None = None, dir: str | os.PathLike | None = None
+) -> Iterator[tuple[SQLStore, Experiment]]:
     """``open_reader`` and the experiment called ``experiment`` (``latest``: the newest)."""
     with open_reader(storage, dir, experiment=experiment) as store:
         yield store, store.experiment(experiment)
 
 
-def read(experiment: str = "latest", storage: str | None = None,
-         dir: str | os.PathLike | None = None) -> History:
+def read(experiment: str = "latest", storage: str | None = None, dir: str | os.PathLike | None = None) -> History:
     """One experiment's history, read in one go."""
     with open_experiment(experiment, storage, dir) as (store, exp):
         return history_of(store, exp)
 
 
-def read_many(experiments: Sequence[str], storage: str | None = None,
-              dir: str | os.PathLike | None = None) -> list[History]:
+def read_many(
+    experiments: Sequence[str], storage: str | None = None, dir: str | os.PathLike | None = None
+) -> list[History]:
     """Several experiments' histories from one store, in the order named."""
     with open_reader(storage, dir) as store:
         return [history_of(store, store.experiment(name)) for name in experiments]

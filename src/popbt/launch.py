@@ -13,9 +13,10 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rich.console import Console
 
@@ -56,8 +57,14 @@ def parse_devices(devices: str | Sequence[str] | None) -> list[str]:
     return items
 
 
-def open_experiment(store: SQLStore, spec: Spec, place: Place, name: str | None,
-                    overrides: dict[str, Any], checkpoints_at: str | None = None) -> tuple[Experiment, bool]:
+def open_experiment(
+    store: SQLStore,
+    spec: Spec,
+    place: Place,
+    name: str | None,
+    overrides: dict[str, Any],
+    checkpoints_at: str | None = None,
+) -> tuple[Experiment, bool]:
     """Resume the unfinished experiment of that name, or create a new one.
 
     Without ``--name``, a finished experiment is left as it is and a new one gets the next
@@ -80,21 +87,39 @@ def open_experiment(store: SQLStore, spec: Spec, place: Place, name: str | None,
     if checkpoints_at == IN_DATABASE:
         where = IN_DATABASE
     else:
-        where = str(Path(checkpoints_at).absolute() / config.name if checkpoints_at
-                    else place.dir / "checkpoints" / config.name)
+        where = str(
+            Path(checkpoints_at).absolute() / config.name if checkpoints_at else place.dir / "checkpoints" / config.name
+        )
     return store.create_experiment(config, where), True
 
 
-def run(spec: str, *, name: str | None = None, population: int | None = None,
-        intervals: int | None = None, workers: int | None = None,
-        devices: str | Sequence[str] | None = None, sync: bool | None = None, seed: int | None = None,
-        quantile: float | None = None, search: str | None = None, storage: str | None = None,
-        dir: str | os.PathLike | None = None, checkpoints: str | None = None,
-        console: Console | None = None, top: int | None = None, exploit: str | None = None,
-        ttest_window: int | None = None, ttest_alpha: float | None = None,
-        ready_every: int | None = None, burn_in: int | None = None, explore: str | None = None,
-        factors: Sequence[float] | None = None, resample_probability: float | None = None,
-        nonfinite: str | None = None) -> RunSummary:
+def run(
+    spec: str,
+    *,
+    name: str | None = None,
+    population: int | None = None,
+    intervals: int | None = None,
+    workers: int | None = None,
+    devices: str | Sequence[str] | None = None,
+    sync: bool | None = None,
+    seed: int | None = None,
+    quantile: float | None = None,
+    search: str | None = None,
+    storage: str | None = None,
+    dir: str | os.PathLike | None = None,
+    checkpoints: str | None = None,
+    console: Console | None = None,
+    top: int | None = None,
+    exploit: str | None = None,
+    ttest_window: int | None = None,
+    ttest_alpha: float | None = None,
+    ready_every: int | None = None,
+    burn_in: int | None = None,
+    explore: str | None = None,
+    factors: Sequence[float] | None = None,
+    resample_probability: float | None = None,
+    nonfinite: str | None = None,
+) -> RunSummary:
     """Create or resume an experiment and train it with ``workers`` local processes.
 
     ``workers=0`` only creates the experiment, for workers started elsewhere. ``checkpoints``
@@ -105,12 +130,24 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
     """
     console = console or Console()
     loaded = load_spec(spec)
-    overrides = dict(population=population, intervals=intervals, sync=sync, seed=seed,
-                     quantile=quantile, search=search, top=top, exploit=exploit,
-                     ttest_window=ttest_window, ttest_alpha=ttest_alpha, ready_every=ready_every,
-                     burn_in=burn_in, explore=explore, resample_probability=resample_probability,
-                     nonfinite=nonfinite,
-                     factors=None if factors is None else tuple(factors))
+    overrides = dict(
+        population=population,
+        intervals=intervals,
+        sync=sync,
+        seed=seed,
+        quantile=quantile,
+        search=search,
+        top=top,
+        exploit=exploit,
+        ttest_window=ttest_window,
+        ttest_alpha=ttest_alpha,
+        ready_every=ready_every,
+        burn_in=burn_in,
+        explore=explore,
+        resample_probability=resample_probability,
+        nonfinite=nonfinite,
+        factors=None if factors is None else tuple(factors),
+    )
     loaded.config(name, **overrides)  # invalid settings fail here, before anything is written
     where = place(dir, storage)
     device_list = parse_devices(devices)
@@ -118,10 +155,13 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
     try:
         exp, created = open_experiment(store, loaded, where, name, overrides, checkpoints)
         verb = "created" if created else "resuming"
-        console.print(f"popbt: {verb} experiment [bold]{exp.name}[/] "
-                      f"(population {exp.config.population}, {exp.config.intervals} intervals, "
-                      f"{'sync' if exp.config.sync else 'async'}, seed {exp.config.seed}) "
-                      f"in {mask_url(where.storage)}", highlight=False)
+        console.print(
+            f"popbt: {verb} experiment [bold]{exp.name}[/] "
+            f"(population {exp.config.population}, {exp.config.intervals} intervals, "
+            f"{'sync' if exp.config.sync else 'async'}, seed {exp.config.seed}) "
+            f"in {mask_url(where.storage)}",
+            highlight=False,
+        )
         if exp.status == "finished":
             if not exp.checkpoints_in_db:
                 sweep(store, exp, older_than=0.0)
@@ -132,19 +172,27 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
         if n < 0:
             raise ConfigError(f"--workers must be 0 or more, got {n}")
         if n == 0:
-            console.print(f"popbt: start workers with: popbt worker {spec} --experiment {exp.name} "
-                          f"--storage {mask_url(where.storage)}", highlight=False)
+            console.print(
+                f"popbt: start workers with: popbt worker {spec} --experiment {exp.name} "
+                f"--storage {mask_url(where.storage)}",
+                highlight=False,
+            )
             return summarize(store, exp, where.storage)
         procs = spawn_workers(spec, exp, where, device_list, n)
-        console.print(f"popbt: {n} workers on {', '.join(sorted(set(device_list[:n])))}; "
-                      f"logs in {where.dir / 'logs' / exp.name}", highlight=False)
+        console.print(
+            f"popbt: {n} workers on {', '.join(sorted(set(device_list[:n])))}; logs in {where.dir / 'logs' / exp.name}",
+            highlight=False,
+        )
         try:
             live.watch(store, exp, lambda: any(p.poll() is None for p in procs), console)
         except KeyboardInterrupt:
             stop_workers(procs)
             counts = store.progress(exp.id)
-            console.print(f"\npopbt: stopped with {counts.done}/{counts.total} intervals done; "
-                          f"run the same command again to resume.", highlight=False)
+            console.print(
+                f"\npopbt: stopped with {counts.done}/{counts.total} intervals done; "
+                f"run the same command again to resume.",
+                highlight=False,
+            )
             raise
         codes = [p.wait() for p in procs]
         summary = summarize(store, exp, where.storage)
@@ -152,8 +200,9 @@ def run(spec: str, *, name: str | None = None, population: int | None = None,
             sweep(store, exp, older_than=0.0)  # what crashed workers left: nothing can commit it now
         if not summary.finished:
             logs = where.dir / "logs" / exp.name
-            raise RuntimeError(f"all workers exited (codes {codes}) before experiment {exp.name!r} "
-                               f"finished; see {logs}")
+            raise RuntimeError(
+                f"all workers exited (codes {codes}) before experiment {exp.name!r} finished; see {logs}"
+            )
         return summary
     finally:
         store.close()
@@ -193,13 +242,24 @@ def spawn_workers(spec: str, exp: Experiment, where: Place, devices: Sequence[st
     for i, device in enumerate(assigned):
         # The storage URL goes by environment, not argv: a password in it would show in `ps`
         # (any user can read another's command line, not its environment).
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                   POPBT_STORAGE=where.storage)
-        cmd = [sys.executable, "-m", "popbt", "worker", spec, "--experiment", exp.name,
-               "--device", device, "--threads", str(threads), "--dir", str(where.dir)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), POPBT_STORAGE=where.storage)
+        cmd = [
+            sys.executable,
+            "-m",
+            "popbt",
+            "worker",
+            spec,
+            "--experiment",
+            exp.name,
+            "--device",
+            device,
+            "--threads",
+            str(threads),
+            "--dir",
+            str(where.dir),
+        ]
         with open(logs / f"worker-{i}.log", "ab") as out:
-            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                          stdin=subprocess.DEVNULL))
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL))
     return procs
 
 
@@ -222,9 +282,16 @@ def summarize(store: SQLStore, exp: Experiment, storage: str) -> RunSummary:
     return RunSummary(exp.name, finished, analysis.best(rows, exp.config), storage)
 
 
-def work(spec: str, *, experiment: str = "latest", device: str = "cpu", storage: str | None = None,
-         dir: str | os.PathLike | None = None, threads: int | None = None,
-         stop: threading.Event | None = None) -> WorkerStats:
+def work(
+    spec: str,
+    *,
+    experiment: str = "latest",
+    device: str = "cpu",
+    storage: str | None = None,
+    dir: str | os.PathLike | None = None,
+    threads: int | None = None,
+    stop: threading.Event | None = None,
+) -> WorkerStats:
     """Join an experiment and train its tasks until it is finished (``popbt worker``)."""
     loaded = load_spec(spec)
     where = place(dir, storage, create=False)
@@ -233,11 +300,15 @@ def work(spec: str, *, experiment: str = "latest", device: str = "cpu", storage:
         exp = store.experiment(experiment)
         store.patience = exp.config.lease_seconds  # past the lease, our work belongs to others
         worker = Worker(store, exp, loaded, device=device, threads=threads)
-        log.info("worker %s joins experiment %s on %s (%s)", worker.name, exp.name, device,
-                 mask_url(where.storage))
+        log.info("worker %s joins experiment %s on %s (%s)", worker.name, exp.name, device, mask_url(where.storage))
         stats = worker.run(stop)
-        log.info("worker %s done: %d intervals trained, %d failed, %d lost leases",
-                 worker.name, stats.done, stats.failed, stats.lost)
+        log.info(
+            "worker %s done: %d intervals trained, %d failed, %d lost leases",
+            worker.name,
+            stats.done,
+            stats.failed,
+            stats.lost,
+        )
         return stats
     finally:
         store.close()

@@ -9,8 +9,9 @@ while its workers train; ``popbt status --watch`` shows it for any experiment.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -44,8 +45,11 @@ class Snapshot:
 
 
 def snapshot(store: Store, exp: Experiment, recent: int = RECENT_EXPLOITS) -> Snapshot:
-    busy = [Busy(r.worker or "?", r.device or "?", r.member, r.interval, r.started_at)
-            for r in store.history(exp.id) if r.state == RUNNING]
+    busy = [
+        Busy(r.worker or "?", r.device or "?", r.member, r.interval, r.started_at)
+        for r in store.history(exp.id)
+        if r.state == RUNNING
+    ]
     busy.sort(key=lambda b: (b.worker, b.member))
     return Snapshot(busy, recent_exploits(store, exp, recent))
 
@@ -96,15 +100,17 @@ def exploits_table(snap: Snapshot, metric: str) -> Table:
         table.add_column(col, justify="left" if col == "explore" else "right")
     for x in snap.exploits:
         changes = ", ".join(f"{k} {rule}" for k, rule in x.changes.items())
-        table.add_row(str(x.interval), str(x.member), f"{x.donor}@{x.donor_interval}",
-                      _fmt(x.score), _fmt(x.donor_score), changes)
+        table.add_row(
+            str(x.interval), str(x.member), f"{x.donor}@{x.donor_interval}", _fmt(x.score), _fmt(x.donor_score), changes
+        )
     if not snap.exploits:
         table.caption = "no exploit yet"
     return table
 
 
-def dashboard(exp: Experiment, snap: Snapshot, bar: Progress, finished: bool = False,
-              now: float | None = None) -> Group:
+def dashboard(
+    exp: Experiment, snap: Snapshot, bar: Progress, finished: bool = False, now: float | None = None
+) -> Group:
     """The whole live view: the bar, then who trains what (until the end), then the latest exploits."""
     now = time.time() if now is None else now
     parts: list[Any] = [bar] if finished else [bar, workers_table(snap, now)]
@@ -123,22 +129,34 @@ def _fmt(value: Any) -> str:
 
 
 def progress_bar(console: Console) -> Progress:
-    columns = (TextColumn("{task.fields[name]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("intervals"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-               TextColumn("{task.description}"))
+    columns = (
+        TextColumn("{task.fields[name]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("intervals"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+    )
     return Progress(*columns, console=console)
 
 
-def watch(store: Store, exp: Experiment, keep_going: Callable[[], bool], console: Console | None = None,
-          period: float = 0.5, plain_every: float = 5.0) -> Counts:
+def watch(
+    store: Store,
+    exp: Experiment,
+    keep_going: Callable[[], bool],
+    console: Console | None = None,
+    period: float = 0.5,
+    plain_every: float = 5.0,
+) -> Counts:
     """Show progress until the experiment finishes or ``keep_going()`` turns false."""
     console = console or Console()
     if not console.is_terminal:
         return _watch_plain(store, exp, keep_going, console, period, plain_every)
     counts = store.progress(exp.id)
     bar = progress_bar(console)
-    job = bar.add_task(describe(counts, exp.config.metric), total=counts.total, completed=counts.done,
-                       name=exp.name)
+    job = bar.add_task(describe(counts, exp.config.metric), total=counts.total, completed=counts.done, name=exp.name)
     snap, read_at = snapshot(store, exp), time.monotonic()
     with Live(dashboard(exp, snap, bar, counts.finished), console=console, refresh_per_second=4) as view:
         while not counts.finished and keep_going():
@@ -151,8 +169,9 @@ def watch(store: Store, exp: Experiment, keep_going: Callable[[], bool], console
     return counts
 
 
-def _watch_plain(store: Store, exp: Experiment, keep_going: Callable[[], bool], console: Console,
-                 period: float, plain_every: float) -> Counts:
+def _watch_plain(
+    store: Store, exp: Experiment, keep_going: Callable[[], bool], console: Console, period: float, plain_every: float
+) -> Counts:
     """A line every ``plain_every`` seconds when something changed, and one at the end."""
 
     def say(counts: Counts) -> None:

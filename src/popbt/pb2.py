@@ -119,9 +119,15 @@ def _usable(history: Sequence[Point], space: Mapping[str, Domain]) -> list[Point
     numbers, choices = numeric(space), categorical(space)
 
     def fits(p: Point) -> bool:
-        return (_finite(p.t) and _finite(p.before) and _finite(p.after) and all(n in p.hparams for n in space)
-                and all(_finite(p.hparams[n]) for n in numbers)
-                and all(p.hparams[n] in space[n].options for n in choices))
+        return (
+            _finite(p.t)
+            and _finite(p.before)
+            and _finite(p.after)
+            and all(n in p.hparams for n in space)
+            and all(_finite(p.hparams[n]) for n in numbers)
+            and all(p.hparams[n] in space[n].options for n in choices)
+        )
+
     return [p for p in history if fits(p)]
 
 
@@ -176,8 +182,14 @@ def _one_blas_thread() -> Any:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _choose(window: Sequence[Point], space: Mapping[str, Domain], t_now: float, before_now: float | None,
-            pending: Sequence[Busy], gen: Any) -> dict[str, Any]:
+def _choose(
+    window: Sequence[Point],
+    space: Mapping[str, Domain],
+    t_now: float,
+    before_now: float | None,
+    pending: Sequence[Busy],
+    gen: Any,
+) -> dict[str, Any]:
     """Bandits for the Choice names, then the GP for the numeric ones given those options."""
     reward = (_standardise([p.after - p.before for p in window]) + CLIP) / (2 * CLIP)  # in [0, 1]
     chosen: dict[str, Any] = {}
@@ -186,8 +198,12 @@ def _choose(window: Sequence[Point], space: Mapping[str, Domain], t_now: float, 
     names = numeric(space)
     same = [p for p in window if all(p.hparams[c] == v for c, v in chosen.items())]
     if names and len(same) >= MIN_POINTS:
-        busy = [b for b in pending if all(n in b.hparams and _finite(b.hparams[n]) for n in names)
-                and all(b.hparams.get(c) == v for c, v in chosen.items())]
+        busy = [
+            b
+            for b in pending
+            if all(n in b.hparams and _finite(b.hparams[n]) for n in names)
+            and all(b.hparams.get(c) == v for c, v in chosen.items())
+        ]
         unit = _gp_choice(same, busy, {n: space[n] for n in names}, t_now, before_now, gen)
         chosen.update({n: from_unit(space[n], float(u)) for n, u in zip(names, unit, strict=True)})
     return chosen
@@ -271,8 +287,14 @@ class _Hyper:
     noise: float
 
 
-def _gp_choice(data: Sequence[Point], busy: Sequence[Busy], domains: Mapping[str, Domain], t_now: float,
-               before_now: float | None, gen: Any) -> Any:
+def _gp_choice(
+    data: Sequence[Point],
+    busy: Sequence[Busy],
+    domains: Mapping[str, Domain],
+    t_now: float,
+    before_now: float | None,
+    gen: Any,
+) -> Any:
     """The numeric values (unit box) maximising UCB at (t_now, before_now)."""
     import numpy as np
 
@@ -294,8 +316,11 @@ def _gp_choice(data: Sequence[Point], busy: Sequence[Busy], domains: Mapping[str
     # mean unchanged and shrinks the variance around them; the mean model stays the plain one.
     hallucinated = np.array([row(b.hparams, t_now, before_now if b.before is None else b.before) for b in busy])
     mean_model = _Posterior.of(hyper, z, y)
-    var_model = mean_model if not busy else _Posterior.of(
-        hyper, np.vstack([z, hallucinated]), np.concatenate([y, mean_model.mean(hallucinated)]))
+    var_model = (
+        mean_model
+        if not busy
+        else _Posterior.of(hyper, np.vstack([z, hallucinated]), np.concatenate([y, mean_model.mean(hallucinated)]))
+    )
     kappa = math.sqrt(BETA_C1 + max(0.0, math.log(BETA_C2 * len(data))))
     return _maximise_ucb(mean_model, var_model, np.array(fixed), len(names), kappa, gen)
 
@@ -317,12 +342,26 @@ def _fit(z: Any, y: Any, gen: Any) -> _Hyper:
     dims = z.shape[1] - 1
     diff2 = np.ascontiguousarray(((z[:, None, 1:] - z[None, :, 1:]) ** 2).transpose(2, 0, 1))  # (dims, n, n)
     half_dt = 0.5 * np.abs(z[:, None, 0] - z[None, :, 0])
-    bounds = ([tuple(np.log(SIGNAL))] + [tuple(np.log(LENGTH_SCALE))] * dims
-              + [(0.0, EPSILON_MAX)] + [tuple(np.log(NOISE))])
+    bounds = (
+        [tuple(np.log(SIGNAL))] + [tuple(np.log(LENGTH_SCALE))] * dims + [(0.0, EPSILON_MAX)] + [tuple(np.log(NOISE))]
+    )
     starts = [np.array([0.0] + [math.log(0.5)] * dims + [0.1, math.log(0.1)])]
     starts += [np.array([gen.uniform(lo, hi) for lo, hi in bounds]) for _ in range(FIT_RESTARTS)]
-    best = min((minimize(_neg_log_likelihood, s, args=(diff2, half_dt, y), jac=True, method="L-BFGS-B",
-                         bounds=bounds, options={"maxiter": 100}) for s in starts), key=lambda res: res.fun)
+    best = min(
+        (
+            minimize(
+                _neg_log_likelihood,
+                s,
+                args=(diff2, half_dt, y),
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bounds,
+                options={"maxiter": 100},
+            )
+            for s in starts
+        ),
+        key=lambda res: res.fun,
+    )
     return _unpack(best.x)
 
 
@@ -341,7 +380,7 @@ def _neg_log_likelihood(theta: Any, diff2: Any, half_dt: Any, y: Any) -> tuple[f
 
     h = _unpack(theta)
     n = len(y)
-    kf = h.signal * np.exp(-0.5 * np.tensordot(h.lengths ** -2, diff2, axes=1)) * (1.0 - h.epsilon) ** half_dt
+    kf = h.signal * np.exp(-0.5 * np.tensordot(h.lengths**-2, diff2, axes=1)) * (1.0 - h.epsilon) ** half_dt
     try:
         factor = cho_factor(kf + (h.noise + 1e-8) * np.eye(n), lower=True)
     except LinAlgError:
@@ -352,12 +391,14 @@ def _neg_log_likelihood(theta: Any, diff2: Any, half_dt: Any, y: Any) -> tuple[f
     k_inv += np.tril(k_inv, -1).T
     w = np.outer(alpha, alpha) - k_inv  # dNLL/dtheta = -tr(w dK/dtheta) / 2
     wk = w * kf
-    grad = np.concatenate([
-        [wk.sum()],
-        diff2.reshape(len(diff2), -1) @ wk.ravel() / h.lengths ** 2,
-        [-(wk * half_dt).sum() / (1.0 - h.epsilon)],
-        [h.noise * np.trace(w)],
-    ])
+    grad = np.concatenate(
+        [
+            [wk.sum()],
+            diff2.reshape(len(diff2), -1) @ wk.ravel() / h.lengths**2,
+            [-(wk * half_dt).sum() / (1.0 - h.epsilon)],
+            [h.noise * np.trace(w)],
+        ]
+    )
     return float(nll), -0.5 * grad
 
 
@@ -385,13 +426,12 @@ class _Posterior:
         """Mean, its gradient, latent variance, its gradient at one row ``q``, the gradients
         with respect to the columns ``free``."""
         k = _kernel(self.hyper, q[None, :], self.z)[0]
-        dk = k[:, None] * -(q[free] - self.z[:, free]) / self.hyper.lengths[free.start - 1:free.stop - 1] ** 2
+        dk = k[:, None] * -(q[free] - self.z[:, free]) / self.hyper.lengths[free.start - 1 : free.stop - 1] ** 2
         a = self.k_inv @ k
         return float(k @ self.alpha), self.alpha @ dk, float(self.hyper.signal - k @ a), -2.0 * a @ dk
 
 
-def _maximise_ucb(mean_model: _Posterior, var_model: _Posterior, fixed: Any, dims: int, kappa: float,
-                  gen: Any) -> Any:
+def _maximise_ucb(mean_model: _Posterior, var_model: _Posterior, fixed: Any, dims: int, kappa: float, gen: Any) -> Any:
     """argmax over u in [0, 1]^dims of mean(u) + kappa * std(u), time and score held at
     ``fixed``: L-BFGS-B from ACQ_RESTARTS random starts."""
     import numpy as np
@@ -407,6 +447,15 @@ def _maximise_ucb(mean_model: _Posterior, var_model: _Posterior, fixed: Any, dim
         std = math.sqrt(max(var, 1e-12))
         return -(mu + kappa * std), -(dmu + kappa * dvar / (2 * std))
 
-    runs = [minimize(negative_ucb, gen.random(dims), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * dims,
-                     options={"maxiter": 200}) for _ in range(ACQ_RESTARTS)]
+    runs = [
+        minimize(
+            negative_ucb,
+            gen.random(dims),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[(0.0, 1.0)] * dims,
+            options={"maxiter": 200},
+        )
+        for _ in range(ACQ_RESTARTS)
+    ]
     return np.clip(min(runs, key=lambda res: res.fun).x, 0.0, 1.0)

@@ -82,8 +82,7 @@ def sqlite_file(url: str) -> Path | None:
     except Exception:
         return None
     database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
-            or database.startswith("file:"):
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database).absolute()
 

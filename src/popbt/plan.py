@@ -18,13 +18,14 @@ leave it; neither is ever ranked or copied.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from . import pb2, strategy
 from .experiment import ExperimentConfig
 from .space import sample_space
-from .strategy import ExploreError, Explored, Standing, Trained
+from .strategy import Explored, ExploreError, Standing, Trained
 
 Hook = Callable[[dict, random.Random], Any]  # a spec's explore(hparams, rng)
 
@@ -210,8 +211,9 @@ class _Planner:
             return
         if cfg.sync and not self.complete(age):
             return
-        if not cfg.exploits or (own.score is not None
-                                and not strategy.is_ready(w.interval, cfg.ready_every, cfg.burn_in)):
+        if not cfg.exploits or (
+            own.score is not None and not strategy.is_ready(w.interval, cfg.ready_every, cfg.burn_in)
+        ):
             self.keep(w)
             return
         if own.score is None:  # the worst score: copy a top member, whatever the rule and the ready rule
@@ -233,7 +235,7 @@ class _Planner:
         if not self.complete(age):
             return
         ranked = self.ranked(age)
-        top, bottom = ranked[:cut], ranked[len(ranked) - cut:]
+        top, bottom = ranked[:cut], ranked[len(ranked) - cut :]
         if own.member not in {r.member for r in bottom}:
             self.keep(w)
             return
@@ -268,10 +270,10 @@ class _Planner:
             return theirs.score is not None
         if self.cfg.exploit == "tournament":
             return strategy.better(theirs.score, own.score, self.cfg.mode)
-        recent = strategy.histories(self.snap.trained, {0: theirs.checkpoint, 1: own.checkpoint},
-                                    self.cfg.ttest_window)
-        return strategy.significantly_better(recent[0], recent[1], self.cfg.mode, self.cfg.ttest_window,
-                                             self.cfg.ttest_alpha)
+        recent = strategy.histories(self.snap.trained, {0: theirs.checkpoint, 1: own.checkpoint}, self.cfg.ttest_window)
+        return strategy.significantly_better(
+            recent[0], recent[1], self.cfg.mode, self.cfg.ttest_window, self.cfg.ttest_alpha
+        )
 
     def copy_from(self, w: Waiting, own: Result, donors: Sequence[Result]) -> None:
         if not donors:
@@ -287,8 +289,13 @@ class _Planner:
             self.note(w, "failure", f"member {w.member} cannot copy member {donor.member}: {e}")
             self.keep(w)
             return
-        self.decide(w, explored.hparams, donor.checkpoint, w.replacements,
-                    self.record(own.score, own.hparams, donor, explored, reason))
+        self.decide(
+            w,
+            explored.hparams,
+            donor.checkpoint,
+            w.replacements,
+            self.record(own.score, own.hparams, donor, explored, reason),
+        )
 
     def keep(self, w: Waiting) -> None:
         self.decide(w, dict(w.hparams), w.start, w.replacements)
@@ -310,7 +317,7 @@ class _Planner:
         if not self.complete(age):
             return
         ranked = self.ranked(age)
-        donors = self.donors(ranked[:max(1, self.cut(age))], w.member) or self.donors(ranked, w.member)[:1]
+        donors = self.donors(ranked[: max(1, self.cut(age))], w.member) or self.donors(ranked, w.member)[:1]
         if not donors:
             self.restart_own(w, rng)
             return
@@ -321,8 +328,13 @@ class _Planner:
             self.note(w, "failure", f"member {w.member} cannot copy member {donor.member}: {e}")
             explored = self.explore(w, donor, "replace", None)
         own = self.snap.results.get((w.member, age))
-        self.decide(w, explored.hparams, donor.checkpoint, w.replacements + 1,
-                    self.record(own.score if own else None, w.hparams, donor, explored, "replace"))
+        self.decide(
+            w,
+            explored.hparams,
+            donor.checkpoint,
+            w.replacements + 1,
+            self.record(own.score if own else None, w.hparams, donor, explored, "replace"),
+        )
         self.note(w, "replaced", f"member {w.member} copies member {donor.member} after repeated failures")
 
     def restart_own(self, w: Waiting, rng: random.Random) -> None:
@@ -336,8 +348,9 @@ class _Planner:
 
     def give_up(self, w: Waiting, why: str) -> None:
         self.given_up[w.member] = w.interval
-        self.decisions.append(Decision(w.task, w.member, w.interval, dict(w.hparams), w.start,
-                                       w.replacements, give_up=True))
+        self.decisions.append(
+            Decision(w.task, w.member, w.interval, dict(w.hparams), w.start, w.replacements, give_up=True)
+        )
         self.note(w, "gave_up", f"member {w.member} {why}; it stops here")
 
     # -- explore ------------------------------------------------------------------------------
@@ -360,8 +373,17 @@ class _Planner:
         cfg = self.cfg
         rng = strategy.decision_rng(cfg.seed, "explore", w.member, w.interval, reason)
         if cfg.explore == "pb2":
-            return pb2.explore(donor.hparams, cfg.space, self.points(), w.interval, self.signed(donor.score), rng,
-                               cfg.factors, cfg.resample_probability, pending=self.busy)
+            return pb2.explore(
+                donor.hparams,
+                cfg.space,
+                self.points(),
+                w.interval,
+                self.signed(donor.score),
+                rng,
+                cfg.factors,
+                cfg.resample_probability,
+                pending=self.busy,
+            )
         if hook is not None:
             return strategy.explore_with(hook, dict(donor.hparams), cfg.space, rng)
         return strategy.explore(donor.hparams, cfg.space, rng, cfg.factors, cfg.resample_probability)
@@ -377,13 +399,23 @@ class _Planner:
 
     # -- output ---------------------------------------------------------------------------------
 
-    def record(self, score: float | None, before: Mapping[str, Any], donor: Result, explored: Explored,
-               reason: str) -> Copy:
-        return Copy(donor.member, donor.interval, score, donor.score, dict(before), explored.hparams,
-                    {k: c.rule for k, c in explored.changes.items()}, reason)
+    def record(
+        self, score: float | None, before: Mapping[str, Any], donor: Result, explored: Explored, reason: str
+    ) -> Copy:
+        return Copy(
+            donor.member,
+            donor.interval,
+            score,
+            donor.score,
+            dict(before),
+            explored.hparams,
+            {k: c.rule for k, c in explored.changes.items()},
+            reason,
+        )
 
-    def decide(self, w: Waiting, hparams: Mapping[str, Any], start: int | None, replacements: int,
-               copy: Copy | None = None) -> None:
+    def decide(
+        self, w: Waiting, hparams: Mapping[str, Any], start: int | None, replacements: int, copy: Copy | None = None
+    ) -> None:
         self.decisions.append(Decision(w.task, w.member, w.interval, dict(hparams), start, replacements, copy))
         self.busy.append(pb2.Busy(dict(hparams), self.signed(copy.donor_score) if copy else None))
 

@@ -8,8 +8,9 @@ core never imports matplotlib. The history itself is read by ``popbt.history``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from . import analysis
 from .experiment import ConfigError, ExperimentConfig
@@ -75,8 +76,11 @@ def scores_data(rows: Sequence[Row], config: ExperimentConfig) -> ScoresData:
     found = analysis.best(rows, config)
     chain = analysis.ancestry(rows, found.member, found.interval) if found else []
     best = [Point(r.member, r.interval, r.score) for r in chain]
-    jumps = [Jump(a.member, a.interval, a.score, b.member, b.interval, b.score)
-             for a, b in zip(best, best[1:]) if a.member != b.member]
+    jumps = [
+        Jump(a.member, a.interval, a.score, b.member, b.interval, b.score)
+        for a, b in zip(best, best[1:])
+        if a.member != b.member
+    ]
     return ScoresData(config.metric, config.mode, curves, best, jumps)
 
 
@@ -121,8 +125,16 @@ def hparams_data(rows: Sequence[Row], config: ExperimentConfig) -> HparamsData:
     found = analysis.best(rows, config)
     chain = analysis.ancestry(rows, found.member, found.interval) if found else []
     path = [where(r) for r in chain]
-    return HparamsData(x_name, y_name, is_log(config, x_name), is_log(config, y_name),
-                       config.intervals, points, path, path[-1] if path else None)
+    return HparamsData(
+        x_name,
+        y_name,
+        is_log(config, x_name),
+        is_log(config, y_name),
+        config.intervals,
+        points,
+        path,
+        path[-1] if path else None,
+    )
 
 
 # -- schedule.png ---------------------------------------------------------------------
@@ -149,8 +161,16 @@ def schedule_data(rows: Sequence[Row], config: ExperimentConfig) -> ScheduleData
     steps = found.schedule
     copies = [b for a, b in zip(steps, steps[1:]) if a.member != b.member]
     names = list(config.space)
-    return ScheduleData(config.metric, found.member, found.interval, found.score, names,
-                        {n: is_log(config, n) for n in names}, steps, copies)
+    return ScheduleData(
+        config.metric,
+        found.member,
+        found.interval,
+        found.score,
+        names,
+        {n: is_log(config, n) for n in names},
+        steps,
+        copies,
+    )
 
 
 # -- lineage.png ----------------------------------------------------------------------
@@ -187,13 +207,15 @@ class LineageData:
     best: list[Segment]  # the best model's ancestry, link by link
 
 
-def lineage_data(rows: Sequence[Row], exploits: Sequence[Exploit],
-                 config: ExperimentConfig) -> LineageData:
+def lineage_data(rows: Sequence[Row], exploits: Sequence[Exploit], config: ExperimentConfig) -> LineageData:
     """The family tree: who trained on from whom, exploits included."""
     done = done_rows(rows)
     nodes = [Point(r.member, r.interval, r.score) for r in sorted(done, key=lambda r: (r.member, r.interval))]
-    own = [Segment(r.parent, r.parent_interval, r.member, r.interval)
-           for r in done if r.parent == r.member and r.parent_interval is not None]
+    own = [
+        Segment(r.parent, r.parent_interval, r.member, r.interval)
+        for r in done
+        if r.parent == r.member and r.parent_interval is not None
+    ]
     edges = [Edge(x.donor, x.donor_interval, x.member, x.interval, x.reason) for x in exploits]
     found = analysis.best(rows, config)
     chain = analysis.ancestry(rows, found.member, found.interval) if found else []
@@ -243,6 +265,8 @@ def compare_data(histories: Sequence[History]) -> CompareData:
         if (h.config.metric, h.config.mode) != (first.metric, first.mode):
             raise ConfigError(
                 f"cannot compare {histories[0].experiment.name!r} ({first.mode} {first.metric}) with "
-                f"{h.experiment.name!r} ({h.config.mode} {h.config.metric})")
-    return CompareData(first.metric, first.mode,
-                       [best_so_far(h.experiment.name, h.rows, first.mode) for h in histories])
+                f"{h.experiment.name!r} ({h.config.mode} {h.config.metric})"
+            )
+    return CompareData(
+        first.metric, first.mode, [best_so_far(h.experiment.name, h.rows, first.mode) for h in histories]
+    )

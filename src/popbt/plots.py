@@ -9,8 +9,8 @@ the functions here only draw. Figures are built on ``matplotlib.figure.Figure`` 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
@@ -18,8 +18,19 @@ from matplotlib.lines import Line2D
 
 from .experiment import ConfigError
 from .history import read, read_many, run_dir
-from .plotdata import (CompareData, HparamsData, LineageData, ScheduleData, ScoresData, compare_data,
-                       hparams_data, lineage_data, require_results, schedule_data, scores_data)
+from .plotdata import (
+    CompareData,
+    HparamsData,
+    LineageData,
+    ScheduleData,
+    ScoresData,
+    compare_data,
+    hparams_data,
+    lineage_data,
+    require_results,
+    schedule_data,
+    scores_data,
+)
 
 PURPLE = "#7b2cbf"
 GREY = "0.62"
@@ -28,8 +39,13 @@ DPI = 110
 FIGURES = ("scores.png", "hyperparameters.png", "schedule.png", "lineage.png")
 
 
-def plot(experiment: str = "latest", out: str | os.PathLike | None = None, storage: str | None = None,
-         dir: str | os.PathLike | None = None, compare: Sequence[str] | None = None) -> list[Path]:
+def plot(
+    experiment: str = "latest",
+    out: str | os.PathLike | None = None,
+    storage: str | None = None,
+    dir: str | os.PathLike | None = None,
+    compare: Sequence[str] | None = None,
+) -> list[Path]:
     """Write the four figures of one experiment into ``out`` (default DIR/plots/NAME), or,
     given ``compare`` (two or more experiment names), only ``compare.png``. Returns the paths."""
     root = run_dir(storage, dir)
@@ -86,21 +102,57 @@ def draw_scores(data: ScoresData, path: Path) -> Path:
     fig = _figure(8, 4.8)
     ax = fig.add_subplot()
     for i, points in enumerate(data.curves.values()):
-        ax.plot([p.interval for p in points], [p.score for p in points], color=GREY, lw=0.9,
-                alpha=0.8, label="a member's results" if i == 0 else None)
+        ax.plot(
+            [p.interval for p in points],
+            [p.score for p in points],
+            color=GREY,
+            lw=0.9,
+            alpha=0.8,
+            label="a member's results" if i == 0 else None,
+        )
     if data.best:
         last = data.best[-1]
-        ax.plot([p.interval for p in data.best], [p.score for p in data.best], color=PURPLE, lw=2.4,
-                marker="o", ms=3.5, zorder=3, label=f"best model's ancestry (member {last.member} at the end)")
-        ax.annotate(f"m{data.best[0].member}", (data.best[0].interval, data.best[0].score),
-                    textcoords="offset points", xytext=(-4, 6), ha="right", color=PURPLE, fontsize=8)
+        ax.plot(
+            [p.interval for p in data.best],
+            [p.score for p in data.best],
+            color=PURPLE,
+            lw=2.4,
+            marker="o",
+            ms=3.5,
+            zorder=3,
+            label=f"best model's ancestry (member {last.member} at the end)",
+        )
+        ax.annotate(
+            f"m{data.best[0].member}",
+            (data.best[0].interval, data.best[0].score),
+            textcoords="offset points",
+            xytext=(-4, 6),
+            ha="right",
+            color=PURPLE,
+            fontsize=8,
+        )
     if data.jumps:
-        ax.scatter([j.interval for j in data.jumps], [j.score for j in data.jumps], s=70, marker="D",
-                   facecolor="white", edgecolor=PURPLE, lw=1.6, zorder=4,
-                   label="exploit: copied another member's weights")
+        ax.scatter(
+            [j.interval for j in data.jumps],
+            [j.score for j in data.jumps],
+            s=70,
+            marker="D",
+            facecolor="white",
+            edgecolor=PURPLE,
+            lw=1.6,
+            zorder=4,
+            label="exploit: copied another member's weights",
+        )
         for j in data.jumps:
-            ax.annotate(f"m{j.donor}\u2192m{j.member}", (j.interval, j.score), textcoords="offset points",
-                        xytext=(0, 9), ha="center", color=PURPLE, fontsize=8)
+            ax.annotate(
+                f"m{j.donor}\u2192m{j.member}",
+                (j.interval, j.score),
+                textcoords="offset points",
+                xytext=(0, 9),
+                ha="center",
+                color=PURPLE,
+                fontsize=8,
+            )
     ax.margins(y=0.08)  # room for the exploit labels
     ax.set_xlabel("interval")
     ax.set_ylabel(data.metric)
@@ -120,14 +172,37 @@ def draw_hparams(data: HparamsData, path: Path) -> Path:
         pts = [p for p in data.points if p.member == m]
         colour = cmap(i)
         ax.plot([p.x for p in pts], [p.y for p in pts], color=colour, lw=0.6, alpha=0.3)
-        ax.scatter([p.x for p in pts], [p.y for p in pts], s=[_dot(p.interval, data.intervals) for p in pts],
-                   color=colour, alpha=0.65, edgecolor="white", lw=0.4)
+        ax.scatter(
+            [p.x for p in pts],
+            [p.y for p in pts],
+            s=[_dot(p.interval, data.intervals) for p in pts],
+            color=colour,
+            alpha=0.65,
+            edgecolor="white",
+            lw=0.4,
+        )
     if data.best_path:
-        ax.plot([p.x for p in data.best_path], [p.y for p in data.best_path], color=PURPLE, lw=1.2,
-                ls="--", alpha=0.9, label="best model's schedule")
+        ax.plot(
+            [p.x for p in data.best_path],
+            [p.y for p in data.best_path],
+            color=PURPLE,
+            lw=1.2,
+            ls="--",
+            alpha=0.9,
+            label="best model's schedule",
+        )
     if data.best is not None:
-        ax.scatter([data.best.x], [data.best.y], s=420, marker="*", color=PURPLE, edgecolor="black",
-                   lw=0.8, zorder=5, label=f"best model's final configuration (member {data.best.member})")
+        ax.scatter(
+            [data.best.x],
+            [data.best.y],
+            s=420,
+            marker="*",
+            color=PURPLE,
+            edgecolor="black",
+            lw=0.8,
+            zorder=5,
+            label=f"best model's final configuration (member {data.best.member})",
+        )
     ax.set_xscale("log" if data.x_log else "linear")
     ax.set_yscale("log" if data.y_log else "linear")
     ax.set_xlabel(data.x_name + (" (log scale)" if data.x_log else ""))
@@ -157,13 +232,24 @@ def draw_schedule(data: ScheduleData | None, path: Path) -> Path:
         for c in data.copies:
             ax.axvline(c.interval, color=EXPLOIT, ls=":", lw=1.4)
     for c in data.copies:
-        axes[0].annotate(f"m{c.member}", (c.interval, 1.0), xycoords=("data", "axes fraction"),
-                         xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
-                         color="0.3", fontsize=8)
+        axes[0].annotate(
+            f"m{c.member}",
+            (c.interval, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            color="0.3",
+            fontsize=8,
+        )
     axes[-1].set_xlabel("interval")
-    fig.suptitle(f"hyperparameter schedule of the best model (member {data.member}, {data.metric} "
-                 f"{data.score:.4g})\nit began as member {data.steps[0].member}; orange dotted line: "
-                 "another member copied it and explored (labelled with the new member)", fontsize=9.5)
+    fig.suptitle(
+        f"hyperparameter schedule of the best model (member {data.member}, {data.metric} "
+        f"{data.score:.4g})\nit began as member {data.steps[0].member}; orange dotted line: "
+        "another member copied it and explored (labelled with the new member)",
+        fontsize=9.5,
+    )
     return _save(fig, path)
 
 
@@ -183,16 +269,37 @@ def draw_lineage(data: LineageData, path: Path) -> Path:
     """x = interval, y = member: grey lines train on, orange arrows copy, purple built the best."""
     fig = _figure(9, max(3.2, 1.6 + 0.38 * len(data.members)))
     ax = fig.add_subplot()
-    ax.add_collection(LineCollection([[(s.src_interval, s.src_member), (s.interval, s.member)] for s in data.own],
-                                     colors=GREY, lw=1.4, zorder=1))
+    ax.add_collection(
+        LineCollection(
+            [[(s.src_interval, s.src_member), (s.interval, s.member)] for s in data.own], colors=GREY, lw=1.4, zorder=1
+        )
+    )
     for e in data.exploits:
-        ax.annotate("", xy=(e.interval, e.member), xytext=(e.donor_interval, e.donor), zorder=2,
-                    arrowprops=dict(arrowstyle="-|>", color=EXPLOIT, lw=1.1, shrinkA=3, shrinkB=4,
-                                    mutation_scale=9))
-    ax.add_collection(LineCollection([[(s.src_interval, s.src_member), (s.interval, s.member)] for s in data.best],
-                                     colors=PURPLE, lw=3, zorder=1.5))
-    dots = ax.scatter([p.interval for p in data.nodes], [p.member for p in data.nodes],
-                      c=[p.score for p in data.nodes], cmap="viridis", s=28, zorder=4, edgecolor="white", lw=0.4)
+        ax.annotate(
+            "",
+            xy=(e.interval, e.member),
+            xytext=(e.donor_interval, e.donor),
+            zorder=2,
+            arrowprops=dict(arrowstyle="-|>", color=EXPLOIT, lw=1.1, shrinkA=3, shrinkB=4, mutation_scale=9),
+        )
+    ax.add_collection(
+        LineCollection(
+            [[(s.src_interval, s.src_member), (s.interval, s.member)] for s in data.best],
+            colors=PURPLE,
+            lw=3,
+            zorder=1.5,
+        )
+    )
+    dots = ax.scatter(
+        [p.interval for p in data.nodes],
+        [p.member for p in data.nodes],
+        c=[p.score for p in data.nodes],
+        cmap="viridis",
+        s=28,
+        zorder=4,
+        edgecolor="white",
+        lw=0.4,
+    )
     fig.colorbar(dots, ax=ax, label=data.metric, pad=0.01)
     ax.set_yticks(data.members)
     ax.set_ylim(max(data.members, default=0) + 0.6, min(data.members, default=0) - 0.6)
@@ -200,9 +307,11 @@ def draw_lineage(data: LineageData, path: Path) -> Path:
     ax.set_xlabel("interval")
     ax.set_ylabel("member")
     ax.set_title("lineage: who trained on from whose checkpoint (dot colour = score)")
-    handles = [Line2D([], [], color=GREY, lw=1.4, label="trains on from its own checkpoint"),
-               Line2D([], [], color=EXPLOIT, lw=1.1, marker=">", label="exploit: copies the donor's checkpoint"),
-               Line2D([], [], color=PURPLE, lw=3, label="the best model's ancestry")]
+    handles = [
+        Line2D([], [], color=GREY, lw=1.4, label="trains on from its own checkpoint"),
+        Line2D([], [], color=EXPLOIT, lw=1.1, marker=">", label="exploit: copies the donor's checkpoint"),
+        Line2D([], [], color=PURPLE, lw=3, label="the best model's ancestry"),
+    ]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
     return _save(fig, path)
 

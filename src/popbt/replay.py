@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import analysis
 from .experiment import ConfigError, Spec, load_spec
@@ -55,9 +56,15 @@ class Replay:
         return self.steps[-1].original
 
 
-def replay(spec: str, experiment: str = "latest", member: int | None = None, device: str = "cpu",
-           storage: str | None = None, dir: str | os.PathLike | None = None,
-           on_step: Callable[[ReplayStep], None] | None = None) -> Replay:
+def replay(
+    spec: str,
+    experiment: str = "latest",
+    member: int | None = None,
+    device: str = "cpu",
+    storage: str | None = None,
+    dir: str | os.PathLike | None = None,
+    on_step: Callable[[ReplayStep], None] | None = None,
+) -> Replay:
     """Replay the best member's schedule (or ``member``'s, up to its last result) and save the
     final weights to DIR/replays/NAME-member-M.ckpt. ``on_step`` sees each step as it ends."""
     loaded = load_spec(spec)
@@ -74,8 +81,10 @@ def replay(spec: str, experiment: str = "latest", member: int | None = None, dev
 
 def check_space(spec: Spec, history: History) -> None:
     if space_to_json(spec.space) != space_to_json(history.config.space):
-        raise ConfigError(f"spec {spec.ref!r} declares another search space than experiment "
-                          f"{history.experiment.name!r} was created with")
+        raise ConfigError(
+            f"spec {spec.ref!r} declares another search space than experiment "
+            f"{history.experiment.name!r} was created with"
+        )
 
 
 def choose(history: History, member: int | None) -> tuple[int, int]:
@@ -92,8 +101,13 @@ def choose(history: History, member: int | None) -> tuple[int, int]:
     return member, latest.interval
 
 
-def train_schedule(spec: Spec, steps: list[analysis.Step], history: History, device: str,
-                   on_step: Callable[[ReplayStep], None] | None = None) -> tuple[Any, list[ReplayStep]]:
+def train_schedule(
+    spec: Spec,
+    steps: list[analysis.Step],
+    history: History,
+    device: str,
+    on_step: Callable[[ReplayStep], None] | None = None,
+) -> tuple[Any, list[ReplayStep]]:
     """Build once, then per step: seed, apply the step's hyperparameters, train, evaluate."""
     cfg = history.config
     state: Any = None

@@ -28,15 +28,16 @@ def experiments(storage: str | None = None, dir: str | os.PathLike | None = None
         return [(e, store.progress(e.id)) for e in store.experiments()]
 
 
-def status(experiment: str = "latest", storage: str | None = None,
-           dir: str | os.PathLike | None = None) -> Status:
+def status(experiment: str = "latest", storage: str | None = None, dir: str | os.PathLike | None = None) -> Status:
     with open_experiment(experiment, storage, dir) as (store, exp):
-        return Status(exp, store.progress(exp.id), analysis.population(store.history(exp.id)),
-                      store.events(exp.id, limit=10))
+        return Status(
+            exp, store.progress(exp.id), analysis.population(store.history(exp.id)), store.events(exp.id, limit=10)
+        )
 
 
-def best(experiment: str = "latest", storage: str | None = None,
-         dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+def best(
+    experiment: str = "latest", storage: str | None = None, dir: str | os.PathLike | None = None
+) -> dict[str, Any] | None:
     """The best member as JSON-ready data (experiment, member, score, weights, schedule)."""
     with open_experiment(experiment, storage, dir) as (store, exp):
         found = analysis.best(store.history(exp.id), exp.config)
@@ -60,8 +61,9 @@ def experiments_table(items: list[tuple[Experiment, Progress]]) -> Table:
     for exp, p in items:
         cfg = exp.config
         best = f"{cfg.metric} {fmt(p.best_score)} (member {p.best_member})" if p.best_score is not None else ""
-        table.add_row(exp.name, exp.status, "sync" if cfg.sync else "async", str(cfg.population),
-                      f"{p.done}/{p.total}", best)
+        table.add_row(
+            exp.name, exp.status, "sync" if cfg.sync else "async", str(cfg.population), f"{p.done}/{p.total}", best
+        )
     return table
 
 
@@ -75,25 +77,38 @@ def status_table(st: Status) -> Table:
     for r in st.population:
         parent = f"{r.parent}@{r.parent_interval}" if r.parent is not None and r.parent != r.member else ""
         state = r.state if not r.error or r.state == DONE else f"{r.state} ({r.error})"
-        table.add_row(str(r.member), str(r.interval), fmt(r.score), *(fmt(r.hparams.get(n)) for n in names),
-                      state, parent, r.device or "")
+        table.add_row(
+            str(r.member),
+            str(r.interval),
+            fmt(r.score),
+            *(fmt(r.hparams.get(n)) for n in names),
+            state,
+            parent,
+            r.device or "",
+        )
     return table
 
 
 def print_best(console: Console, data: dict[str, Any], hint: bool = False) -> None:
     verdict = "best" if data["finished"] else "best so far"
-    console.print(f"{verdict}: member {data['member']} of {data['experiment']}, "
-                  f"{data['metric']} {data['score']:.6g} at interval {data['interval']}", highlight=False)
+    console.print(
+        f"{verdict}: member {data['member']} of {data['experiment']}, "
+        f"{data['metric']} {data['score']:.6g} at interval {data['interval']}",
+        highlight=False,
+    )
     schedule = data["schedule"]
     names = list(schedule[0]["hparams"]) if schedule else []
     table = Table(title="its hyperparameter schedule (following its ancestry through exploits)")
     for col in ("interval", "trained as member", *names, data["metric"]):
         table.add_column(col, justify="right")
     for step in schedule:
-        table.add_row(str(step["interval"]), str(step["member"]),
-                      *(fmt(step["hparams"][n]) for n in names), fmt(step["score"]))
+        table.add_row(
+            str(step["interval"]), str(step["member"]), *(fmt(step["hparams"][n]) for n in names), fmt(step["score"])
+        )
     console.print(table)
     console.print(f"weights: {data['weights']}", highlight=False, soft_wrap=True)
     if hint:
-        console.print("load them with: popbt.torch.load_weights(model, path), or "
-                      "torch.load(path, weights_only=True)['model']", highlight=False)
+        console.print(
+            "load them with: popbt.torch.load_weights(model, path), or torch.load(path, weights_only=True)['model']",
+            highlight=False,
+        )

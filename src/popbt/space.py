@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 
 class SpaceError(ValueError):
@@ -66,9 +67,7 @@ class Uniform(Domain):
         _check_number(f"{type(self).__name__} low", self.low)
         _check_number(f"{type(self).__name__} high", self.high)
         if self.low >= self.high:
-            raise SpaceError(
-                f"{type(self).__name__}({self.low}, {self.high}): low must be below high"
-            )
+            raise SpaceError(f"{type(self).__name__}({self.low}, {self.high}): low must be below high")
 
     def sample(self, rng: random.Random) -> float:
         return rng.uniform(self.low, self.high)
@@ -205,8 +204,7 @@ def check_space(space: Any) -> dict[str, Domain]:
             raise SpaceError(f"hyperparameter names must be non-empty strings, got {name!r}")
         if not isinstance(domain, Domain):
             raise SpaceError(
-                f"hyperparameter {name!r}: {domain!r} is not a domain "
-                "(use Uniform, LogUniform, IntUniform or Choice)"
+                f"hyperparameter {name!r}: {domain!r} is not a domain (use Uniform, LogUniform, IntUniform or Choice)"
             )
     return dict(space)
 
@@ -235,8 +233,7 @@ def validate_hparams(space: Space, hparams: Mapping[str, Any]) -> dict[str, Any]
     extra = set(hparams) - set(space)
     if missing or extra:
         raise SpaceError(
-            f"hyperparameters must be exactly {sorted(space)}; "
-            f"missing {sorted(missing)}, unexpected {sorted(extra)}"
+            f"hyperparameters must be exactly {sorted(space)}; missing {sorted(missing)}, unexpected {sorted(extra)}"
         )
     out = {}
     for name, domain in space.items():

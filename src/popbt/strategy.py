@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from .space import Change, Domain, SpaceError, sample_space, validate_hparams
 
@@ -148,7 +149,7 @@ def surely_kept(me: Standing, known: Iterable[Standing], cut: int, mode: str) ->
 
 def truncation(ranked: Sequence[Standing], cut: int) -> tuple[list[Standing], list[Standing]]:
     """The top and the bottom group of a complete, ranked cohort (best first)."""
-    return list(ranked[:cut]), list(ranked[len(ranked) - cut:])
+    return list(ranked[:cut]), list(ranked[len(ranked) - cut :])
 
 
 def opponent(candidates: Iterable[int], member: int, rng: random.Random) -> int | None:
@@ -157,8 +158,7 @@ def opponent(candidates: Iterable[int], member: int, rng: random.Random) -> int 
     return rng.choice(others) if others else None
 
 
-def significantly_better(theirs: Sequence[float], mine: Sequence[float], mode: str,
-                         window: int, alpha: float) -> bool:
+def significantly_better(theirs: Sequence[float], mine: Sequence[float], mode: str, window: int, alpha: float) -> bool:
     """Welch's t-test on the last ``window`` scores of each: ``theirs`` has the better mean
     and the difference is significant at ``alpha``. Too short a history never is."""
     if len(theirs) < window or len(mine) < window:
@@ -242,8 +242,10 @@ def explore_with(
         checked = validate_hparams(space, proposed)
     except SpaceError as e:
         raise ExploreError(f"explore(hparams, rng) returned invalid hyperparameters: {e}") from None
-    changes = {name: Change("hook" if checked[name] != hparams[name] else "keep", hparams[name], checked[name])
-               for name in space}
+    changes = {
+        name: Change("hook" if checked[name] != hparams[name] else "keep", hparams[name], checked[name])
+        for name in space
+    }
     return Explored(checked, changes)
 
 

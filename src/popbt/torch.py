@@ -11,8 +11,9 @@ load with ``torch.load(path, weights_only=True)`` outside popbt too.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -33,9 +34,7 @@ class State:
     optimizer: torch.optim.Optimizer
 
 
-def model_and_optimizer(
-    make_model: MakeModel, make_optimizer: MakeOptimizer
-) -> tuple[Build, Save, Load, Apply]:
+def model_and_optimizer(make_model: MakeModel, make_optimizer: MakeOptimizer) -> tuple[Build, Save, Load, Apply]:
     """Return a spec's ``build, save, load, apply`` for a model trained by one optimizer.
 
     ``make_model(hparams)`` returns the network, ``make_optimizer(params, hparams)`` the

@@ -140,7 +140,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="popbt-heartbeat", daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -161,18 +161,25 @@ class Heartbeat:
 class Worker:
     """Trains tasks of one experiment until it is finished (or ``stop`` is set)."""
 
-    def __init__(self, store: Store, experiment: Experiment, spec: Spec, device: str = "cpu",
-                 name: str | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        experiment: Experiment,
+        spec: Spec,
+        device: str = "cpu",
+        name: str | None = None,
+        threads: int | None = None,
+    ) -> None:
         if space_to_json(spec.space) != space_to_json(experiment.config.space):
             raise ConfigError(
-                f"spec {spec.ref!r} declares another search space than experiment "
-                f"{experiment.name!r} was created with"
+                f"spec {spec.ref!r} declares another search space than experiment {experiment.name!r} was created with"
             )
         self.store, self.experiment, self.spec, self.device = store, experiment, spec, device
         self.name = name or worker_name()
         self.config = experiment.config
         self.ckpt_dir = checkpoints.CheckpointDir(
-            _local_cache(experiment) if experiment.checkpoints_in_db else experiment.checkpoint_dir)
+            _local_cache(experiment) if experiment.checkpoints_in_db else experiment.checkpoint_dir
+        )
         self.stats = WorkerStats()
         set_threads(threads)
 
@@ -183,8 +190,10 @@ class Worker:
         try:
             return self._loop(stop or threading.Event(), poll)
         except StoreError as e:
-            raise StoreError(f"worker {self.name} stops taking work: the database was unreachable for "
-                             f"longer than its {self.config.lease_seconds:g} s lease ({e})") from None
+            raise StoreError(
+                f"worker {self.name} stops taking work: the database was unreachable for "
+                f"longer than its {self.config.lease_seconds:g} s lease ({e})"
+            ) from None
 
     def _loop(self, stop: threading.Event, poll: float) -> WorkerStats:
         idle, idle_since = 0.05, None
@@ -259,8 +268,9 @@ class Worker:
             if spec.apply is not None:
                 spec.apply(state, hparams)
         extra = spec.train(state, hparams, task.interval, device)
-        score, metrics = split_score(spec.evaluate(state, device), self.config.metric,
-                                     nonfinite=self.config.nonfinite == "worst")
+        score, metrics = split_score(
+            spec.evaluate(state, device), self.config.metric, nonfinite=self.config.nonfinite == "worst"
+        )
         if isinstance(extra, dict):
             metrics = {**{k: _plain(v) for k, v in extra.items()}, **metrics}
         written = self.ckpt_dir.write(task.member, task.interval, task.token, lambda p: spec.save(state, p))
@@ -271,8 +281,9 @@ class Worker:
         path = start.path
         if self.experiment.checkpoints_in_db:
             data = self.store.checkpoint_data(start)
-            path = self.ckpt_dir.write(start.member, start.interval, f"load-{os.getpid()}",
-                                       lambda p: Path(p).write_bytes(data)).path
+            path = self.ckpt_dir.write(
+                start.member, start.interval, f"load-{os.getpid()}", lambda p: Path(p).write_bytes(data)
+            ).path
         try:
             checkpoints.verify(path, start.sha256)
         except checkpoints.CorruptCheckpoint as e:
@@ -298,8 +309,11 @@ class Worker:
     def _lost(self, task: Task, path: str) -> None:
         self.stats.lost += 1
         checkpoints.delete([path])
-        log.warning("member %d interval %d: lease was taken over by another worker; result discarded",
-                    task.member, task.interval)
+        log.warning(
+            "member %d interval %d: lease was taken over by another worker; result discarded",
+            task.member,
+            task.interval,
+        )
 
 
 def _one_line(e: BaseException) -> str:

@@ -43,11 +43,10 @@ def dataset() -> dict[str, torch.Tensor]:
     y = torch.tensor(digits.target, dtype=torch.long)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_val, n_test = int(len(x) * VALIDATION_FRACTION), int(len(x) * TEST_FRACTION)
-    val, test, tr = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
+    val, test, tr = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
     mean, std = x[tr].mean(0), x[tr].std(0)
     x = (x - mean) / torch.where(std > 0, std, 1.0)  # border pixels are always 0
-    return {"train_x": x[tr], "train_y": y[tr], "val_x": x[val], "val_y": y[val],
-            "test_x": x[test], "test_y": y[test]}
+    return {"train_x": x[tr], "train_y": y[tr], "val_x": x[val], "val_y": y[val], "test_x": x[test], "test_y": y[test]}
 
 
 def make_model(hparams: dict) -> nn.Module:

@@ -51,8 +51,9 @@ def find_idx(directory: str, name: str) -> str:
     for path in (os.path.join(directory, f"{name}.gz"), os.path.join(directory, name)):
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(f"no {name}[.gz] in {directory}: install Debian's "
-                            "dataset-fashion-mnist package or pass --data DIR")
+    raise FileNotFoundError(
+        f"no {name}[.gz] in {directory}: install Debian's dataset-fashion-mnist package or pass --data DIR"
+    )
 
 
 @functools.cache

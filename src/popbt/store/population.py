@@ -9,7 +9,7 @@ Nothing here commits: SQLStore runs these inside its transactions.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -26,8 +26,7 @@ def bump(conn: Connection, exp_id: int) -> None:
     """Mark the population as changed. On PostgreSQL this also takes the experiment's row lock
     until the commit, so changes of one experiment are serialised (READ COMMITTED would
     otherwise let two reports each miss the other's result)."""
-    conn.execute(update(s.experiments).where(s.experiments.c.id == exp_id)
-                 .values(version=s.experiments.c.version + 1))
+    conn.execute(update(s.experiments).where(s.experiments.c.id == exp_id).values(version=s.experiments.c.version + 1))
 
 
 def read_snapshot(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> Snapshot:
@@ -35,18 +34,35 @@ def read_snapshot(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> Snaps
     the version, so a plan made from a mixed read is refused when applied."""
     t = s.tasks
     version = conn.execute(select(s.experiments.c.version).where(s.experiments.c.id == exp_id)).scalar_one()
-    waiting = [Waiting(r.id, r.member, r.interval, dict(r.hparams), r.start_checkpoint_id, r.attempts, r.replacements)
-               for r in conn.execute(
-                   select(t.c.id, t.c.member, t.c.interval, t.c.hparams, t.c.start_checkpoint_id, t.c.attempts,
-                          t.c.replacements)
-                   .where(t.c.experiment_id == exp_id, t.c.state == WAITING).order_by(t.c.interval, t.c.member))]
+    waiting = [
+        Waiting(r.id, r.member, r.interval, dict(r.hparams), r.start_checkpoint_id, r.attempts, r.replacements)
+        for r in conn.execute(
+            select(
+                t.c.id, t.c.member, t.c.interval, t.c.hparams, t.c.start_checkpoint_id, t.c.attempts, t.c.replacements
+            )
+            .where(t.c.experiment_id == exp_id, t.c.state == WAITING)
+            .order_by(t.c.interval, t.c.member)
+        )
+    ]
     if not waiting:
         return Snapshot(version, cfg, (), {})
     ages = sorted({w.interval - 1 for w in waiting if w.interval > 0})
-    given_up = dict(conn.execute(select(t.c.member, func.min(t.c.interval)).where(
-        t.c.experiment_id == exp_id, t.c.state == FAILED).group_by(t.c.member)).all())
-    return Snapshot(version, cfg, waiting, _results(conn, exp_id, ages), given_up,
-                    _trained(conn, cfg, exp_id, ages), _busy(conn, cfg, exp_id))
+    given_up = dict(
+        conn.execute(
+            select(t.c.member, func.min(t.c.interval))
+            .where(t.c.experiment_id == exp_id, t.c.state == FAILED)
+            .group_by(t.c.member)
+        ).all()
+    )
+    return Snapshot(
+        version,
+        cfg,
+        waiting,
+        _results(conn, exp_id, ages),
+        given_up,
+        _trained(conn, cfg, exp_id, ages),
+        _busy(conn, cfg, exp_id),
+    )
 
 
 def _results(conn: Connection, exp_id: int, ages: list[int]) -> dict[tuple[int, int], Result]:
@@ -57,9 +73,14 @@ def _results(conn: Connection, exp_id: int, ages: list[int]) -> dict[tuple[int, 
     rows = conn.execute(
         select(t.c.member, t.c.interval, t.c.score, t.c.hparams, t.c.result_checkpoint_id, c.c.state)
         .join(c, c.c.id == t.c.result_checkpoint_id)
-        .where(t.c.experiment_id == exp_id, t.c.state == DONE, t.c.interval.in_(ages)))
-    return {(r.member, r.interval): Result(r.member, r.interval, r.score, dict(r.hparams), r.result_checkpoint_id,
-                                           r.state != CheckpointState.CORRUPT) for r in rows}
+        .where(t.c.experiment_id == exp_id, t.c.state == DONE, t.c.interval.in_(ages))
+    )
+    return {
+        (r.member, r.interval): Result(
+            r.member, r.interval, r.score, dict(r.hparams), r.result_checkpoint_id, r.state != CheckpointState.CORRUPT
+        )
+        for r in rows
+    }
 
 
 def _trained(conn: Connection, cfg: ExperimentConfig, exp_id: int, ages: list[int]) -> list[Trained]:
@@ -79,9 +100,12 @@ def _trained(conn: Connection, cfg: ExperimentConfig, exp_id: int, ages: list[in
     rows = conn.execute(
         select(t.c.member, t.c.interval, t.c.score, t.c.hparams, t.c.start_checkpoint_id, t.c.result_checkpoint_id)
         .where(t.c.experiment_id == exp_id, t.c.state == DONE, t.c.interval >= min(lows))
-        .order_by(t.c.interval, t.c.member))
-    return [Trained(r.member, r.interval, r.score, dict(r.hparams), r.start_checkpoint_id, r.result_checkpoint_id)
-            for r in rows]
+        .order_by(t.c.interval, t.c.member)
+    )
+    return [
+        Trained(r.member, r.interval, r.score, dict(r.hparams), r.start_checkpoint_id, r.result_checkpoint_id)
+        for r in rows
+    ]
 
 
 def _busy(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> list[pb2.Busy]:
@@ -93,10 +117,19 @@ def _busy(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> list[pb2.Busy
     parent = t.alias("parent")
     rows = conn.execute(
         select(t.c.hparams, parent.c.score)
-        .select_from(t.outerjoin(c, c.c.id == t.c.start_checkpoint_id)
-                     .outerjoin(parent, and_(parent.c.experiment_id == t.c.experiment_id,
-                                             parent.c.member == c.c.member, parent.c.interval == c.c.interval)))
-        .where(t.c.experiment_id == exp_id, t.c.state.in_((PENDING, RUNNING))).order_by(t.c.interval, t.c.member))
+        .select_from(
+            t.outerjoin(c, c.c.id == t.c.start_checkpoint_id).outerjoin(
+                parent,
+                and_(
+                    parent.c.experiment_id == t.c.experiment_id,
+                    parent.c.member == c.c.member,
+                    parent.c.interval == c.c.interval,
+                ),
+            )
+        )
+        .where(t.c.experiment_id == exp_id, t.c.state.in_((PENDING, RUNNING)))
+        .order_by(t.c.interval, t.c.member)
+    )
     sign = 1.0 if cfg.mode == "max" else -1.0
     return [pb2.Busy(dict(r.hparams), None if r.score is None else sign * r.score) for r in rows]
 
@@ -109,23 +142,46 @@ def apply(conn: Connection, exp_id: int, plan: Plan, now: float) -> bool:
     """Write ``plan`` if the population is still at ``plan.version``; False (nothing written)
     if it moved on. Raises Conflict if a decided task changed anyway (the caller rolls back)."""
     e, t = s.experiments, s.tasks
-    moved = conn.execute(update(e).where(e.c.id == exp_id, e.c.version == plan.version)
-                         .values(version=e.c.version + 1)).rowcount != 1
+    moved = (
+        conn.execute(
+            update(e).where(e.c.id == exp_id, e.c.version == plan.version).values(version=e.c.version + 1)
+        ).rowcount
+        != 1
+    )
     if moved:
         return False
     for d in plan.decisions:
-        values = dict(state=FAILED) if d.give_up else dict(
-            state=PENDING, hparams=dict(d.hparams), start_checkpoint_id=d.start, replacements=d.replacements,
-            attempts=0)
+        values = (
+            dict(state=FAILED)
+            if d.give_up
+            else dict(
+                state=PENDING,
+                hparams=dict(d.hparams),
+                start_checkpoint_id=d.start,
+                replacements=d.replacements,
+                attempts=0,
+            )
+        )
         if conn.execute(update(t).where(t.c.id == d.task, t.c.state == WAITING).values(**values)).rowcount != 1:
             raise Conflict(f"task {d.task} is no longer waiting")
         if d.copy is not None:
             x = d.copy
-            conn.execute(insert(s.exploits).values(
-                experiment_id=exp_id, member=d.member, interval=d.interval, donor=x.donor,
-                donor_interval=x.donor_interval, score=x.score, donor_score=x.donor_score,
-                hparams_before=dict(x.hparams_before), hparams_after=dict(x.hparams_after),
-                changes=dict(x.changes), reason=x.reason, created_at=now))
+            conn.execute(
+                insert(s.exploits).values(
+                    experiment_id=exp_id,
+                    member=d.member,
+                    interval=d.interval,
+                    donor=x.donor,
+                    donor_interval=x.donor_interval,
+                    score=x.score,
+                    donor_score=x.donor_score,
+                    hparams_before=dict(x.hparams_before),
+                    hparams_after=dict(x.hparams_after),
+                    changes=dict(x.changes),
+                    reason=x.reason,
+                    created_at=now,
+                )
+            )
     for note in plan.notes:
         record_event(conn, exp_id, note.member, note.interval, note.kind, note.message, None, now)
     return True
@@ -144,15 +200,24 @@ def collect_garbage(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> lis
     latest = _latest_done(exp_id)
     floor = _oldest_incomplete(conn, cfg, exp_id, latest) - 1
     starts = select(t.c.start_checkpoint_id).where(
-        t.c.experiment_id == exp_id, t.c.state.in_(ACTIVE), t.c.start_checkpoint_id.is_not(None))
-    heads = select(t.c.result_checkpoint_id).join(
-        latest, and_(t.c.member == latest.c.member, t.c.interval == latest.c.interval)).where(
-        t.c.experiment_id == exp_id, t.c.state == DONE)
+        t.c.experiment_id == exp_id, t.c.state.in_(ACTIVE), t.c.start_checkpoint_id.is_not(None)
+    )
+    heads = (
+        select(t.c.result_checkpoint_id)
+        .join(latest, and_(t.c.member == latest.c.member, t.c.interval == latest.c.interval))
+        .where(t.c.experiment_id == exp_id, t.c.state == DONE)
+    )
     dead = conn.execute(
-        update(c).where(c.c.experiment_id == exp_id,
-                        c.c.state.in_((CheckpointState.LIVE, CheckpointState.CORRUPT)),
-                        c.c.interval < floor, c.c.id.not_in(starts), c.c.id.not_in(heads))
-        .values(state=CheckpointState.DELETED, data=None).returning(c.c.path)
+        update(c)
+        .where(
+            c.c.experiment_id == exp_id,
+            c.c.state.in_((CheckpointState.LIVE, CheckpointState.CORRUPT)),
+            c.c.interval < floor,
+            c.c.id.not_in(starts),
+            c.c.id.not_in(heads),
+        )
+        .values(state=CheckpointState.DELETED, data=None)
+        .returning(c.c.path)
     ).all()
     return [r.path for r in dead if not r.path.startswith(IN_DATABASE + ":")]
 
@@ -160,16 +225,20 @@ def collect_garbage(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> lis
 def _latest_done(exp_id: int):
     """Each member's latest done interval, as a subquery."""
     t = s.tasks
-    return (select(t.c.member, func.max(t.c.interval).label("interval"))
-            .where(t.c.experiment_id == exp_id, t.c.state == DONE)
-            .group_by(t.c.member).subquery())
+    return (
+        select(t.c.member, func.max(t.c.interval).label("interval"))
+        .where(t.c.experiment_id == exp_id, t.c.state == DONE)
+        .group_by(t.c.member)
+        .subquery()
+    )
 
 
 def _oldest_incomplete(conn: Connection, cfg: ExperimentConfig, exp_id: int, latest) -> int:
     """The lowest interval some member still has to report (members given up excepted)."""
     t = s.tasks
-    stopped = {r.member for r in conn.execute(
-        select(t.c.member).where(t.c.experiment_id == exp_id, t.c.state == FAILED))}
+    stopped = {
+        r.member for r in conn.execute(select(t.c.member).where(t.c.experiment_id == exp_id, t.c.state == FAILED))
+    }
     reached = [r.interval for r in conn.execute(select(latest.c.member, latest.c.interval)) if r.member not in stopped]
     if len(reached) < cfg.population - len(stopped):
         return 0
@@ -178,26 +247,52 @@ def _oldest_incomplete(conn: Connection, cfg: ExperimentConfig, exp_id: int, lat
 
 def maybe_finish(conn: Connection, exp_id: int) -> bool:
     """Mark the experiment finished once no task is left to train."""
-    active = conn.execute(select(func.count()).where(
-        s.tasks.c.experiment_id == exp_id, s.tasks.c.state.in_(ACTIVE))).scalar_one()
+    active = conn.execute(
+        select(func.count()).where(s.tasks.c.experiment_id == exp_id, s.tasks.c.state.in_(ACTIVE))
+    ).scalar_one()
     if active:
         return False
-    conn.execute(update(s.experiments).where(s.experiments.c.id == exp_id)
-                 .values(status=ExperimentStatus.FINISHED))
+    conn.execute(update(s.experiments).where(s.experiments.c.id == exp_id).values(status=ExperimentStatus.FINISHED))
     return True
 
 
-def add_task(conn: Connection, exp_id: int, member: int, interval: int, hparams: dict,
-             start_checkpoint_id: int | None, state: str = PENDING) -> None:
-    conn.execute(insert(s.tasks).values(
-        experiment_id=exp_id, member=member, interval=interval, state=state, hparams=hparams,
-        start_checkpoint_id=start_checkpoint_id, attempts=0, replacements=0))
+def add_task(
+    conn: Connection,
+    exp_id: int,
+    member: int,
+    interval: int,
+    hparams: dict,
+    start_checkpoint_id: int | None,
+    state: str = PENDING,
+) -> None:
+    conn.execute(
+        insert(s.tasks).values(
+            experiment_id=exp_id,
+            member=member,
+            interval=interval,
+            state=state,
+            hparams=hparams,
+            start_checkpoint_id=start_checkpoint_id,
+            attempts=0,
+            replacements=0,
+        )
+    )
 
 
-def record_event(conn: Connection, exp_id: int, member: int, interval: int, kind: str, message: str,
-                 worker: str | None, now: float) -> None:
-    conn.execute(insert(s.events).values(experiment_id=exp_id, member=member, interval=interval,
-                                         kind=kind, message=message, worker=worker, created_at=now))
+def record_event(
+    conn: Connection, exp_id: int, member: int, interval: int, kind: str, message: str, worker: str | None, now: float
+) -> None:
+    conn.execute(
+        insert(s.events).values(
+            experiment_id=exp_id,
+            member=member,
+            interval=interval,
+            kind=kind,
+            message=message,
+            worker=worker,
+            created_at=now,
+        )
+    )
 
 
 def donor_of(plan: Plan, decided: Iterable[tuple[int, int]]) -> int | None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Any, Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -30,11 +31,11 @@ from .base import (
     RUNNING,
     SCHEMA_VERSION,
     WAITING,
-    CheckpointState,
-    ExperimentStatus,
     Checkpoint,
+    CheckpointState,
     Event,
     Experiment,
+    ExperimentStatus,
     Exploit,
     LeaseLost,
     NotFound,
@@ -63,8 +64,14 @@ def mask_url(url: str) -> str:
 
 # A dropped network must surface as an error within seconds, not hang on TCP retransmits:
 # the worker then retries, and gives up (stops taking work) once its lease has run out.
-PG_CONNECT = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
-              "keepalives_count": 2, "tcp_user_timeout": 8000}
+PG_CONNECT = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 8000,
+}
 
 
 def _engine(url: str) -> Engine:
@@ -169,8 +176,10 @@ class SQLStore(Store):
 
     def config(self, experiment_id: int) -> ExperimentConfig:
         if experiment_id not in self._configs:
-            row = self._run(lambda c: c.execute(
-                select(s.experiments.c.config).where(s.experiments.c.id == experiment_id)).one(), read=True)
+            row = self._run(
+                lambda c: c.execute(select(s.experiments.c.config).where(s.experiments.c.id == experiment_id)).one(),
+                read=True,
+            )
             self._configs[experiment_id] = ExperimentConfig.from_json(row.config)
         return self._configs[experiment_id]
 
@@ -182,24 +191,36 @@ class SQLStore(Store):
         def tx(conn: Connection) -> int:
             now = _now(conn)
             try:
-                exp_id = conn.execute(insert(s.experiments).values(
-                    name=config.name, config=config.to_json(), status=ExperimentStatus.RUNNING,
-                    checkpoint_dir=checkpoint_dir, created_at=now,
-                ).returning(s.experiments.c.id)).scalar_one()
+                exp_id = conn.execute(
+                    insert(s.experiments)
+                    .values(
+                        name=config.name,
+                        config=config.to_json(),
+                        status=ExperimentStatus.RUNNING,
+                        checkpoint_dir=checkpoint_dir,
+                        created_at=now,
+                    )
+                    .returning(s.experiments.c.id)
+                ).scalar_one()
             except IntegrityError:
                 raise ConfigError(f"experiment {config.name!r} already exists") from None
-            conn.execute(insert(s.tasks), [
-                dict(experiment_id=exp_id, member=m, interval=0, state=PENDING, hparams=h,
-                     attempts=0, replacements=0)
-                for m, h in enumerate(hparams)
-            ])
+            conn.execute(
+                insert(s.tasks),
+                [
+                    dict(
+                        experiment_id=exp_id, member=m, interval=0, state=PENDING, hparams=h, attempts=0, replacements=0
+                    )
+                    for m, h in enumerate(hparams)
+                ],
+            )
             return exp_id
 
         return self.experiment_by_id(self._run(tx))
 
     def experiment_by_id(self, experiment_id: int) -> Experiment:
-        row = self._run(lambda c: c.execute(
-            select(s.experiments).where(s.experiments.c.id == experiment_id)).first(), read=True)
+        row = self._run(
+            lambda c: c.execute(select(s.experiments).where(s.experiments.c.id == experiment_id)).first(), read=True
+        )
         return _experiment(row)
 
     def experiment(self, name: str) -> Experiment:
@@ -237,23 +258,48 @@ class SQLStore(Store):
                 return None
             token = uuid.uuid4().hex
             claimed = conn.execute(
-                update(t).where(t.c.id == cand.id, claimable).values(
-                    state=RUNNING, lease_token=token, lease_expires=now + cfg.lease_seconds,
-                    worker=worker, device=device, started_at=now,
+                update(t)
+                .where(t.c.id == cand.id, claimable)
+                .values(
+                    state=RUNNING,
+                    lease_token=token,
+                    lease_expires=now + cfg.lease_seconds,
+                    worker=worker,
+                    device=device,
+                    started_at=now,
                     # a lease that expired is an attempt that died: count it, so an interval
                     # that kills every worker is replaced, not retried forever
                     attempts=t.c.attempts + (1 if cand.state == RUNNING else 0),
-                ).returning(t.c.member, t.c.interval, t.c.hparams, t.c.start_checkpoint_id, t.c.attempts,
-                            t.c.replacements)
+                )
+                .returning(
+                    t.c.member, t.c.interval, t.c.hparams, t.c.start_checkpoint_id, t.c.attempts, t.c.replacements
+                )
             ).first()
             if claimed is None:
                 return None
             if cand.state == RUNNING:
-                pop.record_event(conn, experiment_id, cand.member, cand.interval, "lease_expired",
-                                 f"lease of {cand.worker} expired; {worker} takes over", worker, now)
+                pop.record_event(
+                    conn,
+                    experiment_id,
+                    cand.member,
+                    cand.interval,
+                    "lease_expired",
+                    f"lease of {cand.worker} expired; {worker} takes over",
+                    worker,
+                    now,
+                )
             start = _checkpoint(conn, claimed.start_checkpoint_id)
-            return Task(cand.id, experiment_id, claimed.member, claimed.interval,
-                        dict(claimed.hparams), start, token, claimed.attempts, claimed.replacements)
+            return Task(
+                cand.id,
+                experiment_id,
+                claimed.member,
+                claimed.interval,
+                dict(claimed.hparams),
+                start,
+                token,
+                claimed.attempts,
+                claimed.replacements,
+            )
 
         return self._run(tx)
 
@@ -261,16 +307,18 @@ class SQLStore(Store):
         cfg = self.config(task.experiment_id)
 
         def tx(conn: Connection) -> bool:
-            res = conn.execute(update(s.tasks).where(*_fence(task)).values(
-                lease_expires=_now(conn) + cfg.lease_seconds))
+            res = conn.execute(
+                update(s.tasks).where(*_fence(task)).values(lease_expires=_now(conn) + cfg.lease_seconds)
+            )
             return res.rowcount == 1
 
         return self._run(tx)
 
     def release(self, task: Task) -> bool:
         def tx(conn: Connection) -> bool:
-            res = conn.execute(update(s.tasks).where(*_fence(task)).values(
-                state=PENDING, lease_token=None, lease_expires=None))
+            res = conn.execute(
+                update(s.tasks).where(*_fence(task)).values(state=PENDING, lease_token=None, lease_expires=None)
+            )
             return res.rowcount == 1
 
         return self._run(tx)
@@ -285,16 +333,34 @@ class SQLStore(Store):
         def tx(conn: Connection) -> tuple[Snapshot, list[str], bool]:
             pop.bump(conn, task.experiment_id)
             now = _now(conn)
-            ckpt_id = conn.execute(insert(s.checkpoints).values(
-                experiment_id=task.experiment_id, member=task.member, interval=task.interval,
-                path=result.path, sha256=result.sha256, size=result.size, state=CheckpointState.LIVE,
-                data=result.data, created_at=now,
-            ).returning(s.checkpoints.c.id)).scalar_one()
+            ckpt_id = conn.execute(
+                insert(s.checkpoints)
+                .values(
+                    experiment_id=task.experiment_id,
+                    member=task.member,
+                    interval=task.interval,
+                    path=result.path,
+                    sha256=result.sha256,
+                    size=result.size,
+                    state=CheckpointState.LIVE,
+                    data=result.data,
+                    created_at=now,
+                )
+                .returning(s.checkpoints.c.id)
+            ).scalar_one()
             note = None if finite else f"evaluate() returned {result.score!r}: counted as the worst score"
-            done = conn.execute(update(s.tasks).where(*_fence(task)).values(
-                state=DONE, score=result.score if finite else None, metrics=result.metrics,
-                result_checkpoint_id=ckpt_id, finished_at=now, error=note,
-            ))
+            done = conn.execute(
+                update(s.tasks)
+                .where(*_fence(task))
+                .values(
+                    state=DONE,
+                    score=result.score if finite else None,
+                    metrics=result.metrics,
+                    result_checkpoint_id=ckpt_id,
+                    finished_at=now,
+                    error=note,
+                )
+            )
             if done.rowcount != 1:
                 if _already_reported(conn, task, result):
                     raise _AlreadyReported  # rolls this retry back; the first attempt stands
@@ -323,14 +389,31 @@ class SQLStore(Store):
 
         def tx(conn: Connection) -> tuple[Snapshot | None, list[str], bool]:
             now = _now(conn)
-            row = conn.execute(update(t).where(*_fence(task)).values(
-                state=PENDING, lease_token=None, lease_expires=None, error=message,
-                attempts=t.c.attempts + 1, finished_at=now,
-            ).returning(t.c.attempts)).first()
+            row = conn.execute(
+                update(t)
+                .where(*_fence(task))
+                .values(
+                    state=PENDING,
+                    lease_token=None,
+                    lease_expires=None,
+                    error=message,
+                    attempts=t.c.attempts + 1,
+                    finished_at=now,
+                )
+                .returning(t.c.attempts)
+            ).first()
             if row is None:
                 raise LeaseLost(f"member {task.member} interval {task.interval}: lease was taken over")
-            pop.record_event(conn, task.experiment_id, task.member, task.interval, "failure",
-                             f"attempt {row.attempts}/{cfg.max_attempts}: {message}", None, now)
+            pop.record_event(
+                conn,
+                task.experiment_id,
+                task.member,
+                task.interval,
+                "failure",
+                f"attempt {row.attempts}/{cfg.max_attempts}: {message}",
+                None,
+                now,
+            )
             if row.attempts < cfg.max_attempts and not _starts_from_corrupt(conn, task):
                 return None, [], False  # a plain retry, with a fresh seed: no decision depends on it
             pop.bump(conn, task.experiment_id)
@@ -350,43 +433,55 @@ class SQLStore(Store):
         snapshot = self._run(lambda conn: pop.read_snapshot(conn, cfg, experiment_id), read=True)
         return self._settle(experiment_id, snapshot, explore, False, [], [])
 
-    def _settle(self, exp_id: int, snapshot: Snapshot, explore: Hook | None, finished: bool,
-                garbage: list[str], mine: list[tuple[int, int]]) -> Outcome:
+    def _settle(
+        self,
+        exp_id: int,
+        snapshot: Snapshot,
+        explore: Hook | None,
+        finished: bool,
+        garbage: list[str],
+        mine: list[tuple[int, int]],
+    ) -> Outcome:
         """Plan outside any lock, apply with a compare-and-set on the version; when another
         change landed meanwhile, read the new snapshot and plan again, reusing the explorations
         already drawn (a few times: whoever changed the population settles it too)."""
-        donor, cfg, explored = None, self.config(exp_id), {}
+        cfg, explored = self.config(exp_id), {}
         for _ in range(REPLANS):
             decided = planning.plan(snapshot, explore, explored)
             if not decided:
                 break
-
-            def tx(conn: Connection) -> tuple[bool, list[str], bool]:
-                if not pop.apply(conn, exp_id, decided, _now(conn)):
-                    return False, [], False
-                gave_up = any(d.give_up for d in decided.decisions)
-                return True, pop.collect_garbage(conn, cfg, exp_id), gave_up and pop.maybe_finish(conn, exp_id)
-
             try:
-                applied, dead, done = self._run(tx)
+                applied = self._run(lambda conn, plan=decided: self._apply(conn, cfg, exp_id, plan))
             except pop.Conflict:
-                applied, dead, done = False, [], False
-            if applied:
-                donor = pop.donor_of(decided, mine) if donor is None else donor
-                garbage, finished = garbage + dead, finished or done
-                break
+                applied = None
+            if applied is not None:
+                dead, done = applied
+                return Outcome(finished or done, pop.donor_of(decided, mine), garbage + dead)
             snapshot = self._run(lambda conn: pop.read_snapshot(conn, cfg, exp_id), read=True)
-        return Outcome(finished, donor, garbage)
+        return Outcome(finished, None, garbage)
+
+    @staticmethod
+    def _apply(
+        conn: Connection, cfg: ExperimentConfig, exp_id: int, plan: planning.Plan
+    ) -> tuple[list[str], bool] | None:
+        """Apply ``plan`` (None if the population moved on); the garbage, and whether that finished the run."""
+        if not pop.apply(conn, exp_id, plan, _now(conn)):
+            return None
+        gave_up = any(d.give_up for d in plan.decisions)
+        return pop.collect_garbage(conn, cfg, exp_id), gave_up and pop.maybe_finish(conn, exp_id)
 
     def mark_corrupt(self, checkpoint: Checkpoint, message: str) -> None:
         def tx(conn: Connection) -> None:
-            conn.execute(update(s.checkpoints).where(s.checkpoints.c.id == checkpoint.id)
-                         .values(state=CheckpointState.CORRUPT))
-            exp_id = conn.execute(select(s.checkpoints.c.experiment_id)
-                                  .where(s.checkpoints.c.id == checkpoint.id)).scalar_one()
+            conn.execute(
+                update(s.checkpoints).where(s.checkpoints.c.id == checkpoint.id).values(state=CheckpointState.CORRUPT)
+            )
+            exp_id = conn.execute(
+                select(s.checkpoints.c.experiment_id).where(s.checkpoints.c.id == checkpoint.id)
+            ).scalar_one()
             pop.bump(conn, exp_id)  # it can no longer be copied: a pending plan may have chosen it
-            pop.record_event(conn, exp_id, checkpoint.member, checkpoint.interval, "corrupt_checkpoint",
-                             message, None, _now(conn))
+            pop.record_event(
+                conn, exp_id, checkpoint.member, checkpoint.interval, "corrupt_checkpoint", message, None, _now(conn)
+            )
 
         self._run(tx)
 
@@ -397,17 +492,30 @@ class SQLStore(Store):
         t = s.tasks
 
         def tx(conn: Connection) -> Progress:
-            counts = dict(conn.execute(select(t.c.state, func.count()).where(
-                t.c.experiment_id == experiment_id).group_by(t.c.state)).all())
+            counts = dict(
+                conn.execute(
+                    select(t.c.state, func.count()).where(t.c.experiment_id == experiment_id).group_by(t.c.state)
+                ).all()
+            )
             order = t.c.score.desc() if cfg.mode == "max" else t.c.score.asc()
-            best = conn.execute(select(t.c.member, t.c.score).where(
-                t.c.experiment_id == experiment_id, t.c.state == DONE, t.c.score.is_not(None))
-                .order_by(order, t.c.member).limit(1)).first()
-            status = conn.execute(select(s.experiments.c.status).where(
-                s.experiments.c.id == experiment_id)).scalar_one()
-            return Progress(cfg.population * cfg.intervals, counts.get(DONE, 0), counts.get(FAILED, 0),
-                            counts.get(RUNNING, 0), best.member if best else None,
-                            best.score if best else None, status == ExperimentStatus.FINISHED)
+            best = conn.execute(
+                select(t.c.member, t.c.score)
+                .where(t.c.experiment_id == experiment_id, t.c.state == DONE, t.c.score.is_not(None))
+                .order_by(order, t.c.member)
+                .limit(1)
+            ).first()
+            status = conn.execute(
+                select(s.experiments.c.status).where(s.experiments.c.id == experiment_id)
+            ).scalar_one()
+            return Progress(
+                cfg.population * cfg.intervals,
+                counts.get(DONE, 0),
+                counts.get(FAILED, 0),
+                counts.get(RUNNING, 0),
+                best.member if best else None,
+                best.score if best else None,
+                status == ExperimentStatus.FINISHED,
+            )
 
         return self._run(tx, read=True)
 
@@ -416,49 +524,98 @@ class SQLStore(Store):
         start = c.alias("start")
         result = c.alias("result")
         query = (
-            select(t, start.c.member.label("parent"), start.c.interval.label("parent_interval"),
-                   result.c.path.label("result_path"))
-            .select_from(t.outerjoin(start, start.c.id == t.c.start_checkpoint_id)
-                         .outerjoin(result, result.c.id == t.c.result_checkpoint_id))
+            select(
+                t,
+                start.c.member.label("parent"),
+                start.c.interval.label("parent_interval"),
+                result.c.path.label("result_path"),
+            )
+            .select_from(
+                t.outerjoin(start, start.c.id == t.c.start_checkpoint_id).outerjoin(
+                    result, result.c.id == t.c.result_checkpoint_id
+                )
+            )
             .where(t.c.experiment_id == experiment_id)
             .order_by(t.c.interval, t.c.member)
         )
         rows = self._run(lambda conn: conn.execute(query).all(), read=True)
-        return [Row(r.member, r.interval, r.state, r.score, dict(r.metrics or {}), dict(r.hparams),
-                    r.parent, r.parent_interval, r.result_path, r.worker, r.device, r.attempts,
-                    r.error, r.started_at, r.finished_at, r.replacements) for r in rows]
+        return [
+            Row(
+                r.member,
+                r.interval,
+                r.state,
+                r.score,
+                dict(r.metrics or {}),
+                dict(r.hparams),
+                r.parent,
+                r.parent_interval,
+                r.result_path,
+                r.worker,
+                r.device,
+                r.attempts,
+                r.error,
+                r.started_at,
+                r.finished_at,
+                r.replacements,
+            )
+            for r in rows
+        ]
 
     def events(self, experiment_id: int, limit: int = 20) -> list[Event]:
         e = s.events
-        rows = self._run(lambda conn: conn.execute(
-            select(e).where(e.c.experiment_id == experiment_id).order_by(e.c.id.desc()).limit(limit)).all(), read=True)
+        rows = self._run(
+            lambda conn: conn.execute(
+                select(e).where(e.c.experiment_id == experiment_id).order_by(e.c.id.desc()).limit(limit)
+            ).all(),
+            read=True,
+        )
         return [Event(r.member, r.interval, r.kind, r.message, r.created_at) for r in reversed(rows)]
 
     def exploits(self, experiment_id: int) -> list[Exploit]:
         x = s.exploits
-        rows = self._run(lambda conn: conn.execute(
-            select(x).where(x.c.experiment_id == experiment_id).order_by(x.c.id)).all(), read=True)
-        return [Exploit(r.member, r.interval, r.donor, r.donor_interval, r.score, r.donor_score,
-                        dict(r.hparams_before), dict(r.hparams_after), dict(r.changes), r.reason,
-                        r.created_at) for r in rows]
+        rows = self._run(
+            lambda conn: conn.execute(select(x).where(x.c.experiment_id == experiment_id).order_by(x.c.id)).all(),
+            read=True,
+        )
+        return [
+            Exploit(
+                r.member,
+                r.interval,
+                r.donor,
+                r.donor_interval,
+                r.score,
+                r.donor_score,
+                dict(r.hparams_before),
+                dict(r.hparams_after),
+                dict(r.changes),
+                r.reason,
+                r.created_at,
+            )
+            for r in rows
+        ]
 
     def checkpoint_data(self, checkpoint: Checkpoint) -> bytes:
         c = s.checkpoints
-        data = self._run(lambda conn: conn.execute(select(c.c.data).where(c.c.id == checkpoint.id)).scalar_one(),
-                         read=True)
+        data = self._run(
+            lambda conn: conn.execute(select(c.c.data).where(c.c.id == checkpoint.id)).scalar_one(), read=True
+        )
         if data is None:
             raise StoreError(f"checkpoint {checkpoint.path} has no bytes in the database")
         return bytes(data)
 
     def live_checkpoints(self, experiment_id: int) -> list[Checkpoint]:
         c = s.checkpoints
-        rows = self._run(lambda conn: conn.execute(
-            select(c).where(c.c.experiment_id == experiment_id, c.c.state == CheckpointState.LIVE)
-            .order_by(c.c.id)).all(), read=True)
+        rows = self._run(
+            lambda conn: conn.execute(
+                select(c).where(c.c.experiment_id == experiment_id, c.c.state == CheckpointState.LIVE).order_by(c.c.id)
+            ).all(),
+            read=True,
+        )
         return [Checkpoint(r.id, r.member, r.interval, r.path, r.sha256, r.size) for r in rows]
 
 
 # -- helpers over a connection ---------------------------------------------------------
+
 
 class _AlreadyReported(Exception):
     """A retried report whose first attempt committed before its connection dropped."""
@@ -467,9 +624,14 @@ class _AlreadyReported(Exception):
 def _already_reported(conn: Connection, task: Task, result: Result) -> bool:
     """Whether this very result (same lease, same checkpoint file) is already recorded."""
     t, c = s.tasks, s.checkpoints
-    return conn.execute(select(t.c.id).join(c, c.c.id == t.c.result_checkpoint_id).where(
-        t.c.id == task.id, t.c.state == DONE, t.c.lease_token == task.token, c.c.path == result.path)
-    ).first() is not None
+    return (
+        conn.execute(
+            select(t.c.id)
+            .join(c, c.c.id == t.c.result_checkpoint_id)
+            .where(t.c.id == task.id, t.c.state == DONE, t.c.lease_token == task.token, c.c.path == result.path)
+        ).first()
+        is not None
+    )
 
 
 def _starts_from_corrupt(conn: Connection, task: Task) -> bool:
@@ -496,8 +658,9 @@ def _checkpoint(conn: Connection, checkpoint_id: int | None) -> Checkpoint | Non
 
 
 def _experiment(row: Any) -> Experiment:
-    return Experiment(row.id, row.name, ExperimentConfig.from_json(row.config), row.status,
-                      row.created_at, row.checkpoint_dir)
+    return Experiment(
+        row.id, row.name, ExperimentConfig.from_json(row.config), row.status, row.created_at, row.checkpoint_dir
+    )
 
 
 def _first_line(e: SQLAlchemyError) -> str:
