@@ -94,9 +94,19 @@ def popbt_run(problem: Problem, method: str, seed: int, intervals: int) -> Outco
 
     with tempfile.TemporaryDirectory(prefix="popbt-peers-") as tmp:
         start = time.perf_counter()
-        summary = popbt.run(problem.spec, workers=WORKERS, seed=seed, population=POPULATION, intervals=intervals,
-                            dir=tmp, explore=EXPLORE[method], quantile=QUANTILE, factors=FACTORS,
-                            resample_probability=RESAMPLE, console=Console(file=io.StringIO()))
+        summary = popbt.run(
+            problem.spec,
+            workers=WORKERS,
+            seed=seed,
+            population=POPULATION,
+            intervals=intervals,
+            dir=tmp,
+            explore=EXPLORE[method],
+            quantile=QUANTILE,
+            factors=FACTORS,
+            resample_probability=RESAMPLE,
+            console=Console(file=io.StringIO()),
+        )
         wall = time.perf_counter() - start
         best = popbt.best(summary.experiment, dir=tmp)
         if best is None or not best["finished"] or best["interval"] != intervals - 1:
@@ -135,10 +145,30 @@ def initial_hparams(problem: Problem, seed: int) -> list[dict]:
 
 def ray_run(problem: Problem, method: str, seed: int, intervals: int, initial: list[dict]) -> Outcome:
     """One Ray Tune run in .venv-peers; its last stdout line is the JSON summary."""
-    cmd = [str(PEERS_PYTHON), str(RAY_SIDE), "--problem", problem.name, "--method", method, "--seed", str(seed),
-           "--population", str(POPULATION), "--intervals", str(intervals), "--initial", json.dumps(initial),
-           "--quantile", str(QUANTILE), "--resample", str(RESAMPLE), "--factors", *map(str, FACTORS),
-           "--cpus", str(WORKERS)]
+    cmd = [
+        str(PEERS_PYTHON),
+        str(RAY_SIDE),
+        "--problem",
+        problem.name,
+        "--method",
+        method,
+        "--seed",
+        str(seed),
+        "--population",
+        str(POPULATION),
+        "--intervals",
+        str(intervals),
+        "--initial",
+        json.dumps(initial),
+        "--quantile",
+        str(QUANTILE),
+        "--resample",
+        str(RESAMPLE),
+        "--factors",
+        *map(str, FACTORS),
+        "--cpus",
+        str(WORKERS),
+    ]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONWARNINGS="ignore")
     done = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RAY_TIMEOUT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -151,8 +181,15 @@ def ray_run(problem: Problem, method: str, seed: int, intervals: int, initial: l
     if any(i != intervals for i in data["final_iterations"]):
         raise RuntimeError(f"Ray {problem.name} {method} seed {seed}: trials ended at {data['final_iterations']}")
     extra = {k: data[k] for k in ("init_s", "fit_s", "explore_s", "final_iterations")}
-    return Outcome(data["score"], data.get("test_accuracy"), data["wall_s"], data["exploits"],
-                   data["intervals_trained"], data["initial"], extra)
+    return Outcome(
+        data["score"],
+        data.get("test_accuracy"),
+        data["wall_s"],
+        data["exploits"],
+        data["intervals_trained"],
+        data["initial"],
+        extra,
+    )
 
 
 def peers_problem() -> str | None:
@@ -161,8 +198,9 @@ def peers_problem() -> str | None:
         if not shutil.which("make"):
             return ".venv-peers is missing; create it with `make bench-peers`"
         log("peers: creating .venv-peers (make .venv-peers/.installed)")
-        made = subprocess.run(["make", "-s", ".venv-peers/.installed"], check=False, cwd=ROOT, capture_output=True,
-                              text=True)
+        made = subprocess.run(
+            ["make", "-s", ".venv-peers/.installed"], check=False, cwd=ROOT, capture_output=True, text=True
+        )
         if made.returncode != 0:
             last = (made.stderr.strip().splitlines() or ["no message"])[-1]
             return f"could not create .venv-peers (`make .venv-peers/.installed`): {last}"
@@ -170,8 +208,14 @@ def peers_problem() -> str | None:
 
 
 def ray_about() -> dict[str, Any]:
-    done = subprocess.run([str(PEERS_PYTHON), str(RAY_SIDE), "--about"], check=False, cwd=ROOT, capture_output=True,
-                          text=True, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
+    done = subprocess.run(
+        [str(PEERS_PYTHON), str(RAY_SIDE), "--about"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
+    )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise Skip(f"Ray Tune does not import in .venv-peers: {last}")
@@ -182,8 +226,9 @@ def ray_about() -> dict[str, Any]:
 def popbt_source(working_tree: bool) -> Iterator[str]:
     """Make popbt importable from a snapshot of HEAD's src/ (here, in the worker processes and
     in Ray's), and say which popbt is measured; with ``working_tree``, the checkout as it is."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     if working_tree or not commit:
         yield f"the working tree (git {git_commit()} at start)"
         return
@@ -232,15 +277,18 @@ def run_seed(problem: Problem, method: str, seed: int, intervals: int, cells: di
         if not same_hparams(out.initial, initial):
             mismatches.append(f"{tool} {problem.name} {method} seed {seed}")
         test = f", test {out.test:.4f}" if out.test is not None else ""
-        log(f"peers: {tool:8} {problem.name} {method} seed {seed}: best {out.score:.4f}{test}, "
-            f"{out.wall:.1f}s, {out.trained} intervals, {out.exploits} exploits")
+        log(
+            f"peers: {tool:8} {problem.name} {method} seed {seed}: best {out.score:.4f}{test}, "
+            f"{out.wall:.1f}s, {out.trained} intervals, {out.exploits} exploits"
+        )
 
 
 def same_hparams(a: list[dict], b: list[dict]) -> bool:
     """Equal up to float round-off (Ray's PB2 runs a LogUniform through log and exp)."""
     return len(a) == len(b) and all(
         x is not None and x.keys() == y.keys() and all(math.isclose(x[k], y[k], rel_tol=1e-9) for k in y)
-        for x, y in zip(a, b, strict=True))
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 def group_sizes() -> str:
@@ -252,8 +300,10 @@ def group_sizes() -> str:
         ours, default = cut_size(POPULATION, QUANTILE), cut_size(POPULATION, 0.2)
     except (ImportError, TypeError):
         return f"Ray {ray} of {POPULATION}; popbt's count could not be read from popbt.strategy"
-    return (f"{ours} of {POPULATION} in popbt (`popbt.strategy.cut_size`), {ray} of {POPULATION} in Ray "
-            f"(ceil, `ray/tune/schedulers/pbt.py`); popbt's default quantile 0.2 would give {default} of {POPULATION}")
+    return (
+        f"{ours} of {POPULATION} in popbt (`popbt.strategy.cut_size`), {ray} of {POPULATION} in Ray "
+        f"(ceil, `ray/tune/schedulers/pbt.py`); popbt's default quantile 0.2 would give {default} of {POPULATION}"
+    )
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -277,10 +327,21 @@ def rows_of(cells: dict, problems: list[Problem], methods: list[str], seeds: int
                 walls[tool] = median([o.wall for o in runs])
                 wall = f"{walls[tool]:.1f} ({spread([o.wall for o in runs], '.1f')})"
                 ratio = f"{walls[tool] / walls['popbt']:.1f}×" if tool != "popbt" and "popbt" in walls else ""
-                rows.append([problem.name, method.upper(), tool, f"{median(scores):.4f}", spread(scores, ".4f"),
-                             f"{median(tests):.4f} ({spread(tests, '.4f')})" if tests else "",
-                             wall, ratio, f"{median([o.trained for o in runs]):g}",
-                             f"{median([o.exploits for o in runs]):g}", f"{len(runs)}/{seeds}"])
+                rows.append(
+                    [
+                        problem.name,
+                        method.upper(),
+                        tool,
+                        f"{median(scores):.4f}",
+                        spread(scores, ".4f"),
+                        f"{median(tests):.4f} ({spread(tests, '.4f')})" if tests else "",
+                        wall,
+                        ratio,
+                        f"{median([o.trained for o in runs]):g}",
+                        f"{median([o.exploits for o in runs]):g}",
+                        f"{len(runs)}/{seeds}",
+                    ]
+                )
     return rows
 
 
@@ -291,10 +352,14 @@ def ray_init_note(cells: dict) -> str:
     if not inits:
         return ""
     explore = {k: median([o.extra["explore_s"] for o in runs]) for k, runs in ray.items()}
-    per = ", ".join(f"{p} {m.upper()} {s:.1f} s (of which {explore[p, m, t]:.1f} s choosing new hyperparameters)"
-                    for (p, m, t), s in fits.items())
-    return (f"`ray.init` took {median(inits):.1f} s (median of all Ray runs); `tuner.fit` alone, median: {per}. "
-            "Ray chooses them in its driver loop, which handles no other trial's result meanwhile.")
+    per = ", ".join(
+        f"{p} {m.upper()} {s:.1f} s (of which {explore[p, m, t]:.1f} s choosing new hyperparameters)"
+        for (p, m, t), s in fits.items()
+    )
+    return (
+        f"`ray.init` took {median(inits):.1f} s (median of all Ray runs); `tuner.fit` alone, median: {per}. "
+        "Ray chooses them in its driver loop, which handles no other trial's result meanwhile."
+    )
 
 
 def verdicts(cells: dict, problems: list[Problem], methods: list[str]) -> list[str]:
@@ -309,71 +374,121 @@ def verdicts(cells: dict, problems: list[Problem], methods: list[str]) -> list[s
             ratio = median([o.wall for o in theirs.outcomes]) / median([o.wall for o in ours.outcomes])
             verdict = "meets" if ratio >= 50 else "misses"
             speed = f"; {ratio:.1f}× faster ({verdict} 50×)" if problem.name == "toy" else ""
-            out.append(f"{problem.name} {method.upper()}: median best {a:.4f} vs {b:.4f} "
-                       f"({'popbt ≥ Ray' if a >= b else 'popbt < Ray'}){speed}")
+            out.append(
+                f"{problem.name} {method.upper()}: median best {a:.4f} vs {b:.4f} "
+                f"({'popbt ≥ Ray' if a >= b else 'popbt < Ray'}){speed}"
+            )
     return out
 
 
 def notes(cells: dict, about: dict, mismatches: list[str]) -> list[str]:
     """How the comparison is set up, what differs between the tools, and what failed."""
-    same = ("identical in both tools (checked for every run)" if not mismatches
-            else f"**differ** in {', '.join(mismatches)}")
-    gpy = ("fits its Gaussian process with scikit-learn (`ray/tune/schedulers/pb2_utils.py`) and never imports "
-           "GPy, so .venv-peers does not install GPy" if about.get("pb2_gp") == "scikit-learn"
-           and not about.get("gpy_imported") else "imports GPy")
+    same = (
+        "identical in both tools (checked for every run)"
+        if not mismatches
+        else f"**differ** in {', '.join(mismatches)}"
+    )
+    gpy = (
+        "fits its Gaussian process with scikit-learn (`ray/tune/schedulers/pb2_utils.py`) and never imports "
+        "GPy, so .venv-peers does not install GPy"
+        if about.get("pb2_gp") == "scikit-learn" and not about.get("gpy_imported")
+        else "imports GPy"
+    )
     failures = [f"- {tool} {p} {m}: {f.splitlines()[0]}" for (p, m, tool), c in cells.items() for f in c.failures]
     return [
-        (f"- Compute: popbt with {WORKERS} worker processes (`popbt.run(..., workers={WORKERS})`), Ray with "
-         f"`ray.init(num_cpus={WORKERS})` and 1 CPU per trial, so {WORKERS} trials at a time; one torch thread "
-         "each."),
-        ("- Wall time: popbt's is the whole `popbt.run` call (experiment creation, worker process start-up, "
-         "training, shutdown); Ray's is `ray.init` + `tuner.fit()` (Python and Ray imports not counted). "
-         + ray_init_note(cells)),
-        (f"- Same settings: asynchronous, ready after every interval (`perturbation_interval=1`), quantile "
-         f"{QUANTILE}: {group_sizes()}. Explore ×{FACTORS[0]}/×{FACTORS[1]} or resample with probability "
-         f"{RESAMPLE}; Ray's PBT does not clip a perturbed value, so a `custom_explore_fn` clips it into the "
-         "bounds as popbt does. LogUniform is `tune.loguniform` for Ray's PBT; Ray's PB2 takes linear bounds, "
-         "so it searches log(lr) and log(weight_decay) within log bounds (popbt's PB2 also works in log scale)."),
-        (f"- First hyperparameters: `popbt.strategy.initial_population(space, {POPULATION}, seed)`, given to Ray "
-         f"as `points_to_evaluate`; {same}."),
-        ("- Ray's trainables do what a popbt worker does each interval, with the example's own functions: seed "
-         "(the same seed per member and interval), build, load the previous checkpoint, apply the "
-         "hyperparameters, train, evaluate, save. Ray checkpoints every interval, with `reuse_actors=True`, as Ray "
-         "advises for PBT (with its default, False, a trial starts a new process each time it is paused)."),
-        ("- *intervals trained*: popbt trains exactly population × intervals. Ray's exploit resumes a trial from "
-         "its donor's latest checkpoint, of whatever age, so a trial may skip or retrain intervals; Ray ranks "
-         "the latest scores of the trials not yet finished, whatever their age, and skips an exploit when the "
-         "donor it drew was not in the top group at its own last report (`_checkpoint_or_exploit` in "
-         "`ray/tune/schedulers/pbt.py`)."),
+        (
+            f"- Compute: popbt with {WORKERS} worker processes (`popbt.run(..., workers={WORKERS})`), Ray with "
+            f"`ray.init(num_cpus={WORKERS})` and 1 CPU per trial, so {WORKERS} trials at a time; one torch thread "
+            "each."
+        ),
+        (
+            "- Wall time: popbt's is the whole `popbt.run` call (experiment creation, worker process start-up, "
+            "training, shutdown); Ray's is `ray.init` + `tuner.fit()` (Python and Ray imports not counted). "
+            + ray_init_note(cells)
+        ),
+        (
+            f"- Same settings: asynchronous, ready after every interval (`perturbation_interval=1`), quantile "
+            f"{QUANTILE}: {group_sizes()}. Explore ×{FACTORS[0]}/×{FACTORS[1]} or resample with probability "
+            f"{RESAMPLE}; Ray's PBT does not clip a perturbed value, so a `custom_explore_fn` clips it into the "
+            "bounds as popbt does. LogUniform is `tune.loguniform` for Ray's PBT; Ray's PB2 takes linear bounds, "
+            "so it searches log(lr) and log(weight_decay) within log bounds (popbt's PB2 also works in log scale)."
+        ),
+        (
+            f"- First hyperparameters: `popbt.strategy.initial_population(space, {POPULATION}, seed)`, given to Ray "
+            f"as `points_to_evaluate`; {same}."
+        ),
+        (
+            "- Ray's trainables do what a popbt worker does each interval, with the example's own functions: seed "
+            "(the same seed per member and interval), build, load the previous checkpoint, apply the "
+            "hyperparameters, train, evaluate, save. Ray checkpoints every interval, with `reuse_actors=True`, as Ray "
+            "advises for PBT (with its default, False, a trial starts a new process each time it is paused)."
+        ),
+        (
+            "- *intervals trained*: popbt trains exactly population × intervals. Ray's exploit resumes a trial from "
+            "its donor's latest checkpoint, of whatever age, so a trial may skip or retrain intervals; Ray ranks "
+            "the latest scores of the trials not yet finished, whatever their age, and skips an exploit when the "
+            "donor it drew was not in the top group at its own last report (`_checkpoint_or_exploit` in "
+            "`ray/tune/schedulers/pbt.py`)."
+        ),
         f"- PB2: Ray's PB2 {gpy}; it never resamples.",
         *(["", "Failed runs:", *failures] if failures else []),
     ]
 
 
-def report(args, cells: dict, problems: list[Problem], methods: list[str], seeds: range, about: dict,
-           mismatches: list[str], load: tuple[str, str], source: str) -> str:
+def report(
+    args,
+    cells: dict,
+    problems: list[Problem],
+    methods: list[str],
+    seeds: range,
+    about: dict,
+    mismatches: list[str],
+    load: tuple[str, str],
+    source: str,
+) -> str:
     n = len(seeds)
     sizes = ", ".join(f"{p.name} {p.quick_intervals if args.quick else p.intervals}" for p in problems)
     metrics = ", ".join(f"{p.name}: {p.metric}" for p in problems)
-    test = ("; for digits also the test accuracy of that member's final weights (`digits.test_accuracy`)"
-            if "digits" in [p.name for p in problems] else "")
-    headers = ["problem", "explore", "tool", "best final: median", "min–max", "test accuracy: median (min–max)",
-               "wall s: median (min–max)", "Ray wall / popbt wall", "intervals trained", "exploits", "runs"]
-    intro = (f"popbt ({source}) against Ray Tune {about.get('ray')} (`PopulationBasedTraining`, `PB2`) "
-             f"on the same problems, population {POPULATION}, intervals ({sizes}), seeds 0–{n - 1} and first "
-             f"hyperparameters. Score: the best final member's {metrics}{test}. Both tools in one run, "
-             f"interleaved; load average at start {load[0]}, at end {load[1]} ({os.cpu_count()} cores).\n")
+    test = (
+        "; for digits also the test accuracy of that member's final weights (`digits.test_accuracy`)"
+        if "digits" in [p.name for p in problems]
+        else ""
+    )
+    headers = [
+        "problem",
+        "explore",
+        "tool",
+        "best final: median",
+        "min–max",
+        "test accuracy: median (min–max)",
+        "wall s: median (min–max)",
+        "Ray wall / popbt wall",
+        "intervals trained",
+        "exploits",
+        "runs",
+    ]
+    intro = (
+        f"popbt ({source}) against Ray Tune {about.get('ray')} (`PopulationBasedTraining`, `PB2`) "
+        f"on the same problems, population {POPULATION}, intervals ({sizes}), seeds 0–{n - 1} and first "
+        f"hyperparameters. Score: the best final member's {metrics}{test}. Both tools in one run, "
+        f"interleaved; load average at start {load[0]}, at end {load[1]} ({os.cpu_count()} cores).\n"
+    )
     targets = verdicts(cells, problems, methods)
-    return "\n".join([
-        common.heading("Side by side with Ray Tune: PBT and PB2"),
-        intro,
-        table(headers, rows_of(cells, problems, methods, n)),
-        "",
-        *(["Targets (popbt ≥ Ray on quality; ≥ 50× faster on the toy): " + "; ".join(targets) + ".", ""]
-          if targets else []),
-        *notes(cells, about, mismatches),
-        "",
-    ])
+    return "\n".join(
+        [
+            common.heading("Side by side with Ray Tune: PBT and PB2"),
+            intro,
+            table(headers, rows_of(cells, problems, methods, n)),
+            "",
+            *(
+                ["Targets (popbt ≥ Ray on quality; ≥ 50× faster on the toy): " + "; ".join(targets) + ".", ""]
+                if targets
+                else []
+            ),
+            *notes(cells, about, mismatches),
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,8 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 5, --quick 2)")
     p.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated: toy,digits")
     p.add_argument("--methods", default="pbt,pb2", help="comma-separated: pbt,pb2")
-    p.add_argument("--working-tree", action="store_true",
-                   help="measure the checkout as it is, not a snapshot of HEAD's src/")
+    p.add_argument(
+        "--working-tree", action="store_true", help="measure the checkout as it is, not a snapshot of HEAD's src/"
+    )
     args = p.parse_args(argv)
     problems = [PROBLEMS[name] for name in args.problems.split(",")]
     methods = [m for m in args.methods.split(",") if m in EXPLORE]

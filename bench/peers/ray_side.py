@@ -90,8 +90,10 @@ def decode(config: Mapping[str, float]) -> dict[str, float]:
 def clipper(space: Mapping[str, Any]) -> Callable[[dict], dict]:
     """Ray's PBT multiplies by 0.8/1.2 without clipping; popbt clips into the bounds. Clip, so
     both search the same box (e.g. momentum stays <= 0.99, h in [0, 1])."""
+
     def clip(config: dict) -> dict:
         return {k: (space[k].clip(v) if k in space else v) for k, v in config.items()}
+
     return clip
 
 
@@ -118,6 +120,7 @@ def member_index() -> int:
 
 def make_trainable(problem: str, seed: int) -> Callable[[dict], None]:
     """A function trainable that trains one interval per report and checkpoints every time."""
+
     def trainable(config: dict) -> None:
         example = importlib.import_module(EXAMPLES[problem])
         expected = os.environ.get("POPBT_PEERS_SRC")
@@ -147,6 +150,7 @@ def make_trainable(problem: str, seed: int) -> Callable[[dict], None]:
             (Path(previous) / "meta.json").write_text(json.dumps({"interval": interval}))
             tune.report({"score": score, "interval": interval}, checkpoint=tune.Checkpoint.from_directory(previous))
             interval += 1
+
     return trainable
 
 
@@ -170,12 +174,21 @@ class Ledger(tune.Callback):
 
 
 def scheduler(method: str, space: Mapping[str, Any], args: argparse.Namespace):
-    common = {"time_attr": "training_iteration", "metric": "score", "mode": "max", "perturbation_interval": 1,
-              "quantile_fraction": args.quantile}
+    common = {
+        "time_attr": "training_iteration",
+        "metric": "score",
+        "mode": "max",
+        "perturbation_interval": 1,
+        "quantile_fraction": args.quantile,
+    }
     if method == "pbt":
-        return PopulationBasedTraining(hyperparam_mutations=mutations(space), resample_probability=args.resample,
-                                       perturbation_factors=tuple(args.factors), custom_explore_fn=clipper(space),
-                                       **common)
+        return PopulationBasedTraining(
+            hyperparam_mutations=mutations(space),
+            resample_probability=args.resample,
+            perturbation_factors=tuple(args.factors),
+            custom_explore_fn=clipper(space),
+            **common,
+        )
     return PB2(hyperparam_bounds=pb2_bounds(space), **common)
 
 
@@ -201,8 +214,9 @@ def score_checkpoint(problem: str, checkpoint: tune.Checkpoint) -> dict[str, flo
         return {}
     example = importlib.import_module(EXAMPLES[problem])
     with checkpoint.as_directory() as d:
-        state = example.load(example.build({k: d.low for k, d in example.space.items()}, "cpu"),
-                             str(Path(d) / STATE_FILE))
+        state = example.load(
+            example.build({k: dom.low for k, dom in example.space.items()}, "cpu"), str(Path(d) / STATE_FILE)
+        )
     return {"test_accuracy": example.test_accuracy(state)}
 
 
@@ -218,30 +232,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ledger = Ledger()
     with tempfile.TemporaryDirectory(prefix="popbt-peers-ray-") as storage:
         start = time.perf_counter()
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 configure_logging=True)
+        ray.init(
+            num_cpus=args.cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+            configure_logging=True,
+        )
         init_s = time.perf_counter() - start
         sched = scheduler(args.method, space, args)
         stopwatch = Stopwatch(sched)
         tuner = tune.Tuner(
             tune.with_resources(make_trainable(args.problem, args.seed), {"cpu": 1}),
             param_space=param_space,
-            tune_config=tune.TuneConfig(scheduler=sched, num_samples=args.population, reuse_actors=True,
-                                        search_alg=BasicVariantGenerator(points_to_evaluate=initial)),
-            run_config=tune.RunConfig(storage_path=storage, name="peers", verbose=0,
-                                      stop={"training_iteration": args.intervals}, callbacks=[ledger]),
+            tune_config=tune.TuneConfig(
+                scheduler=sched,
+                num_samples=args.population,
+                reuse_actors=True,
+                search_alg=BasicVariantGenerator(points_to_evaluate=initial),
+            ),
+            run_config=tune.RunConfig(
+                storage_path=storage,
+                name="peers",
+                verbose=0,
+                stop={"training_iteration": args.intervals},
+                callbacks=[ledger],
+            ),
         )
         start = time.perf_counter()
         results = tuner.fit()
         fit_s = time.perf_counter() - start
         best = results.get_best_result(metric="score", mode="max", scope="last")
         finals = [r.metrics.get("training_iteration") for r in results]
-        out = {"score": best.metrics["score"], "init_s": init_s, "fit_s": fit_s, "wall_s": init_s + fit_s,
-               "explore_s": stopwatch.seconds,
-               "intervals_trained": ledger.results, "exploits": sched._num_perturbations,
-               "final_iterations": finals, "errors": sum(r.error is not None for r in results),
-               "initial": [ledger.initial.get(i) for i in range(args.population)], "ray": ray.__version__,
-               **score_checkpoint(args.problem, best.checkpoint)}
+        out = {
+            "score": best.metrics["score"],
+            "init_s": init_s,
+            "fit_s": fit_s,
+            "wall_s": init_s + fit_s,
+            "explore_s": stopwatch.seconds,
+            "intervals_trained": ledger.results,
+            "exploits": sched._num_perturbations,
+            "final_iterations": finals,
+            "errors": sum(r.error is not None for r in results),
+            "initial": [ledger.initial.get(i) for i in range(args.population)],
+            "ray": ray.__version__,
+            **score_checkpoint(args.problem, best.checkpoint),
+        }
         ray.shutdown()
     return out
 
@@ -255,6 +291,7 @@ def about() -> dict[str, Any]:
     out["gpy_imported"] = "GPy" in sys.modules
     try:
         import GPy  # noqa: F401
+
         out["gpy_installed"] = True
     except ImportError:
         out["gpy_installed"] = False
