@@ -16,6 +16,8 @@ demo: $(STAMP)
 	$(BIN)/popbt demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests bench chaos
+	$(BIN)/ruff format --check src tests bench chaos
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
