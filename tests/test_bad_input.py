@@ -15,7 +15,7 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 
 import popbt
-from conftest import QUAD, SPECS, popbt_cmd, run_popbt
+from conftest import QUAD, SPECS, popbt_cmd, require, run_popbt
 from popbt.experiment import ConfigError
 from popbt.store import open_store, schema
 from test_run import results, wait_for
@@ -202,7 +202,7 @@ def evaluate(state, device):
 
 
 def test_checkpoints_load_with_weights_only_so_a_pickle_cannot_run_code(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     marker = tmp_path / "code-ran"
     spec = tmp_path / "evil.py"
     spec.write_text(EVIL_SPEC.format(marker=str(marker)))

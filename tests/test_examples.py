@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import unavailable
 from popbt.examples import digits, mnist
 from popbt.examples import toy_quadratic as toy
 
@@ -109,11 +110,9 @@ def test_mnist_split_is_fixed_and_disjoint():
     assert torch.equal(mnist.split(100)[0], held)
 
 
-@pytest.mark.skipif(
-    not os.path.isdir(mnist.DATA_DIR),
-    reason=f"{mnist.DATA_DIR} is absent (Debian's dataset-fashion-mnist package)",
-)
 def test_mnist_short_interval_on_real_data(monkeypatch):
+    if not os.path.isdir(mnist.DATA_DIR):
+        unavailable(f"{mnist.DATA_DIR} is absent (Debian's dataset-fashion-mnist package)")
     monkeypatch.delenv("POPBT_DATA", raising=False)
     monkeypatch.setattr(mnist, "train_limit", 640)
     torch.manual_seed(0)

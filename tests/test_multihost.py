@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUAD, popbt_cmd, run_popbt
+from conftest import QUAD, popbt_cmd, run_popbt, unavailable
 from popbt.store import open_store
 
 PORT = 54329
@@ -39,7 +39,10 @@ def _why_not() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+@pytest.fixture(autouse=True)
+def _hosts_possible():
+    if _why_not() is not None:
+        unavailable(_why_not())
 
 
 def sh(*args: str) -> None:

@@ -5,20 +5,19 @@ an EXP3 bandit for Choice values, perturbation as the fallback. Hand-made histor
 from __future__ import annotations
 
 import collections
-import importlib
 import math
-import os
 import random
 
 import pytest
 
+from conftest import require
 from popbt import pb2, strategy
 from popbt.pb2 import Busy, Point, bandit_probabilities, from_unit, points, suggest, to_unit
 from popbt.space import Choice, IntUniform, LogUniform, Uniform
 from popbt.strategy import Trained
 
 for _module in ("numpy", "scipy"):  # under CI a missing package fails, never skips
-    (importlib.import_module if os.environ.get("CI") == "true" else pytest.importorskip)(_module)
+    require(_module)
 
 SPACE = {"lr": LogUniform(1e-4, 1e-1), "momentum": Uniform(0.0, 0.99)}
 PERTURB_RULES = {"x0.8", "x1.2", "resample", "neighbour"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import QUAD
+from conftest import QUAD, require
 from popbt.cli import parser
 from popbt.experiment import ConfigError, ExperimentConfig, load_spec
 from popbt.launch import run
@@ -93,7 +93,7 @@ def test_tournament_copies_only_a_better_member(store, sync):
 
 
 def test_ttest_copies_only_significantly_better_histories_once_they_are_long_enough(store):
-    pytest.importorskip("scipy")
+    require("scipy")
     exp = store.create_experiment(config(sync=True, exploit="ttest", ttest_window=4), "/tmp")
     # members 0 and 1 are clearly apart from 2 and 3, but 0 and 1 (and 2 and 3) overlap
     level = {0: 0.0, 1: 0.05, 2: 1.0, 3: 1.05}
@@ -212,7 +212,7 @@ def test_a_spec_may_set_the_explore_rule_by_name(tmp_path):
 
 @pytest.mark.parametrize("sync", [False, True])
 def test_pb2_chooses_numbers_once_there_is_history_and_perturbs_before(store, sync):
-    pytest.importorskip("scipy")
+    require("scipy")
     space = {"lr": Uniform(0.0, 1.0), "layers": IntUniform(1, 4)}
     exp = store.create_experiment(config(space=space, intervals=5, sync=sync, explore="pb2"), "/tmp")
     drain(store, exp, score=lambda t: t.member + t.interval * t.hparams["lr"])

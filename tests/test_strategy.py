@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from conftest import require
 from popbt.experiment import ConfigError, ExperimentConfig
 from popbt.space import IntUniform, Uniform
 from popbt.strategy import (
@@ -124,7 +125,7 @@ NOISY_B = [0.60, 0.80, 0.45, 0.95]
 
 @pytest.fixture
 def scipy_stats():
-    return pytest.importorskip("scipy.stats")
+    return require("scipy.stats")
 
 
 def test_ttest_finds_a_clearly_better_history(scipy_stats):
