@@ -76,12 +76,19 @@ def test_ties_are_broken_by_a_fixed_draw_per_member_not_by_member_order_or_by_wh
 
 
 def test_a_member_is_surely_kept_once_enough_of_its_cohort_scored_below_it():
+    def keys(standings):
+        return sorted(s.key("max") for s in standings)
+
     me = Standing(5, 0.7, 0.5)
     known = [Standing(1, 0.2, 0.1), Standing(2, 0.9, 0.1), me]
-    assert surely_kept(me, known, 1, "max")
-    assert not surely_kept(me, known, 2, "max")  # only one known below: the unknown may be lower
-    assert surely_kept(me, known + [Standing(3, 0.1, 0.3)], 2, "max")
-    assert not surely_kept(Standing(1, 0.2, 0.1), known, 1, "max")
+    assert surely_kept(me.key("max"), keys(known), 1)
+    assert not surely_kept(me.key("max"), keys(known), 2)  # only one known below: the unknown may be lower
+    assert surely_kept(me.key("max"), keys(known + [Standing(3, 0.1, 0.3)]), 2)
+    assert not surely_kept(Standing(1, 0.2, 0.1).key("max"), keys(known), 1)
+    tied = [Standing(m, 0.5, tiebreak(0, 1, m)) for m in range(4)]  # equal scores: the fixed draw decides
+    lowest = min(tied, key=lambda s: s.tiebreak)
+    assert not surely_kept(lowest.key("max"), keys(tied), 1)
+    assert all(surely_kept(s.key("max"), keys(tied), 1) for s in tied if s is not lowest)
 
 
 def test_an_opponent_is_any_other_member_drawn_by_the_seed():

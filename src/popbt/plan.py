@@ -160,6 +160,23 @@ def plan(snapshot: Snapshot, hook: Hook | None = None, explored: Explorations | 
     return Plan(snapshot.version, tuple(planner.decisions), tuple(planner.notes))
 
 
+class _Cohort:
+    """One interval's results, ranked once per planning pass."""
+
+    def __init__(self, cfg: ExperimentConfig, interval: int, expected: list[int], known: dict[int, Result]) -> None:
+        self.expected, self.known, self.mode = expected, known, cfg.mode
+        self.complete = len(known) == len(expected)
+        self.standings = {m: Standing(m, r.score, strategy.tiebreak(cfg.seed, interval, m)) for m, r in known.items()}
+        ranked = strategy.rank(self.standings.values(), cfg.mode)
+        self.ranked = [known[s.member] for s in ranked]  # best first
+        self.keys = [s.key(cfg.mode) for s in reversed(ranked)]  # worst first, for bisection
+        n = len(expected)
+        self.cut = strategy.cut_size(n, cfg.quantile, cfg.top) if n >= 2 else 0
+
+    def key(self, member: int) -> tuple[float, float]:
+        return self.standings[member].key(self.mode)
+
+
 class _Planner:
     """The state of one planning pass: cohorts as the decisions so far leave them."""
 
@@ -170,31 +187,19 @@ class _Planner:
         self.decisions: list[Decision] = []
         self.notes: list[Note] = []
         self._points: list[pb2.Point] | None = None
+        self._cohorts: dict[int, _Cohort] = {}
 
     # -- cohorts --------------------------------------------------------------------------
 
-    def expected(self, interval: int) -> list[int]:
-        """The members that will have a result at ``interval``: all but those given up by then."""
-        return [m for m in range(self.cfg.population) if self.given_up.get(m, self.cfg.intervals) > interval]
-
-    def known(self, interval: int) -> dict[int, Result]:
-        results = self.snap.results
-        return {m: results[(m, interval)] for m in self.expected(interval) if (m, interval) in results}
-
-    def complete(self, interval: int) -> bool:
-        return len(self.known(interval)) == len(self.expected(interval))
-
-    def standing(self, result: Result) -> Standing:
-        return Standing(result.member, result.score, strategy.tiebreak(self.cfg.seed, result.interval, result.member))
-
-    def ranked(self, interval: int) -> list[Result]:
-        """The cohort of ``interval``, best first."""
-        known = self.known(interval)
-        return [known[s.member] for s in strategy.rank(map(self.standing, known.values()), self.cfg.mode)]
-
-    def cut(self, interval: int) -> int:
-        n = len(self.expected(interval))
-        return strategy.cut_size(n, self.cfg.quantile, self.cfg.top) if n >= 2 else 0
+    def cohort(self, interval: int) -> _Cohort:
+        """The results of ``interval`` among the members still in the run then (cached for the
+        pass; a give-up clears the cache)."""
+        if interval not in self._cohorts:
+            expected = [m for m in range(self.cfg.population) if self.given_up.get(m, self.cfg.intervals) > interval]
+            results = self.snap.results
+            known = {m: results[(m, interval)] for m in expected if (m, interval) in results}
+            self._cohorts[interval] = _Cohort(self.cfg, interval, expected, known)
+        return self._cohorts[interval]
 
     @staticmethod
     def donors(results: Iterable[Result], member: int) -> list[Result]:
@@ -209,7 +214,7 @@ class _Planner:
         own = self.snap.results.get((w.member, age))
         if own is None:  # its result is not in the snapshot: nothing to compare yet
             return
-        if cfg.sync and not self.complete(age):
+        if cfg.sync and not self.cohort(age).complete:
             return
         if not cfg.exploits or (
             own.score is not None and not strategy.is_ready(w.interval, cfg.ready_every, cfg.burn_in)
@@ -224,18 +229,13 @@ class _Planner:
             self.duel(w, own)
 
     def truncation(self, w: Waiting, own: Result) -> None:
-        age, cut = w.interval - 1, self.cut(w.interval - 1)
-        if cut == 0:
+        cohort = self.cohort(w.interval - 1)
+        if cohort.cut == 0 or strategy.surely_kept(cohort.key(own.member), cohort.keys, cohort.cut):
             self.keep(w)
             return
-        known = [self.standing(r) for r in self.known(age).values()]
-        if strategy.surely_kept(self.standing(own), known, cut, self.cfg.mode):
-            self.keep(w)
+        if not cohort.complete:
             return
-        if not self.complete(age):
-            return
-        ranked = self.ranked(age)
-        top, bottom = ranked[:cut], ranked[len(ranked) - cut :]
+        top, bottom = strategy.truncation(cohort.ranked, cohort.cut)
         if own.member not in {r.member for r in bottom}:
             self.keep(w)
             return
@@ -243,21 +243,21 @@ class _Planner:
 
     def copy_top(self, w: Waiting, own: Result) -> None:
         """A non-finite score: copy a member of the top group once the cohort is complete."""
-        age = w.interval - 1
-        if not self.complete(age):
+        cohort = self.cohort(w.interval - 1)
+        if not cohort.complete:
             return
-        cut = max(1, self.cut(age))
-        self.copy_from(w, own, self.donors(self.ranked(age)[:cut], own.member))
+        self.copy_from(w, own, self.donors(cohort.ranked[: max(1, cohort.cut)], own.member))
 
     def duel(self, w: Waiting, own: Result) -> None:
         """Tournament and t-test: meet one other member of the same age, copy it if better."""
         age = w.interval - 1
         rng = strategy.decision_rng(self.cfg.seed, "exploit", w.member, age)
-        other = strategy.opponent(self.expected(age), w.member, rng)
+        cohort = self.cohort(age)
+        other = strategy.opponent(cohort.expected, w.member, rng)
         if other is None:
             self.keep(w)
             return
-        theirs = self.known(age).get(other)
+        theirs = cohort.known.get(other)
         if theirs is None:  # still training (or retrying) that interval: wait for it
             return
         if self.wins(theirs, own) and self.donors([theirs], own.member):
@@ -314,10 +314,11 @@ class _Planner:
             self.note(w, "replaced", f"member {w.member} restarts with fresh hyperparameters")
             return
         age = w.interval - 1
-        if not self.complete(age):
+        cohort = self.cohort(age)
+        if not cohort.complete:
             return
-        ranked = self.ranked(age)
-        donors = self.donors(ranked[: max(1, self.cut(age))], w.member) or self.donors(ranked, w.member)[:1]
+        ranked = cohort.ranked
+        donors = self.donors(ranked[: max(1, cohort.cut)], w.member) or self.donors(ranked, w.member)[:1]
         if not donors:
             self.restart_own(w, rng)
             return
@@ -348,6 +349,7 @@ class _Planner:
 
     def give_up(self, w: Waiting, why: str) -> None:
         self.given_up[w.member] = w.interval
+        self._cohorts.clear()
         self.decisions.append(
             Decision(w.task, w.member, w.interval, dict(w.hparams), w.start, w.replacements, give_up=True)
         )

@@ -14,14 +14,18 @@ random other member if its recent scores are significantly better, Welch's t-tes
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import math
 import random
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .space import Change, Domain, SpaceError, sample_space, validate_hparams
+
+T = TypeVar("T")
 
 EXPLOITS = ("truncation", "tournament", "ttest")
 EXPLORES = ("perturb", "pb2")
@@ -132,7 +136,8 @@ def better(a: float, b: float, mode: str) -> bool:
 
 def tiebreak(seed: int, interval: int, member: int) -> float:
     """A fixed random rank for ties between members' results of one interval."""
-    return random.Random(f"popbt:{seed}:tie:{interval}:{member}").random()
+    digest = hashlib.blake2b(f"popbt:{seed}:tie:{interval}:{member}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
 
 
 def rank(standings: Iterable[Standing], mode: str) -> list[Standing]:
@@ -140,14 +145,14 @@ def rank(standings: Iterable[Standing], mode: str) -> list[Standing]:
     return sorted(standings, key=lambda s: s.key(mode), reverse=True)
 
 
-def surely_kept(me: Standing, known: Iterable[Standing], cut: int, mode: str) -> bool:
-    """Truncation with part of the cohort still unknown: ``me`` cannot end up in the bottom
-    ``cut`` once ``cut`` known members rank below it, whatever the others score."""
-    mine = me.key(mode)
-    return sum(1 for s in known if s.member != me.member and s.key(mode) < mine) >= cut
+def surely_kept(key: tuple[float, float], cohort_keys: Sequence[tuple[float, float]], cut: int) -> bool:
+    """Truncation with part of the cohort still unknown: a member cannot end up in the bottom
+    ``cut`` once ``cut`` known members rank below it, whatever the others score.
+    ``cohort_keys``: the known members' ``Standing.key``, sorted (its own included)."""
+    return bisect.bisect_left(cohort_keys, key) >= cut
 
 
-def truncation(ranked: Sequence[Standing], cut: int) -> tuple[list[Standing], list[Standing]]:
+def truncation(ranked: Sequence[T], cut: int) -> tuple[list[T], list[T]]:
     """The top and the bottom group of a complete, ranked cohort (best first)."""
     return list(ranked[:cut]), list(ranked[len(ranked) - cut :])
 
