@@ -12,6 +12,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, create_engine, event, func, insert, or_, select, update
@@ -377,8 +378,9 @@ class SQLStore(Store):
 
         try:
             snapshot, garbage, finished = self._run(tx)
-        except _AlreadyReported:
-            return Outcome(self.progress(task.experiment_id).finished)
+        except _AlreadyReported:  # its first attempt committed; its decisions may still be open
+            settled = self.settle(task.experiment_id, explore)
+            return replace(settled, finished=self.progress(task.experiment_id).finished)
         return self._settle(task.experiment_id, snapshot, explore, finished, garbage, [(task.member, nxt)])
 
     def fail(self, task: Task, message: str, explore: Hook | None = None) -> Outcome:
