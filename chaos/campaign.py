@@ -942,7 +942,9 @@ class Run:
                     f.reported = event("failure", m, k, f"chaos {f.id}")
                 elif f.kind == "raise_explore":
                     f.reported = event("failure", text=f"raised RuntimeError: chaos {f.id}")
-                elif f.kind in ("score_nan", "score_inf", "score_string", "score_none", "score_nometric"):
+                elif f.kind in ("score_nan", "score_inf"):  # the worst score, not a failure
+                    f.reported = event("nonfinite", m, k, "evaluate() returned")
+                elif f.kind in ("score_string", "score_none", "score_nometric"):
                     f.reported = event("failure", m, k, "evaluate() returned")
                 elif f.kind == "score_numeric_string":
                     f.reported = event("failure", m, k, "evaluate() returned")
