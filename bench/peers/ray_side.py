@@ -5,10 +5,16 @@ worker does for one interval (seed, build, load the last checkpoint, apply the
 hyperparameters, train, evaluate, save), with the example modules' own functions, so the
 two tools differ only in how they schedule, rank, exploit and explore.
 Prints one JSON line: the best final trial's score (and test accuracy for digits), the
-wall time of ray.init and of tuner.fit, and how many intervals Ray trained.
+wall time of ray.init and of tuner.fit, how many intervals Ray trained, and the
+`reuse_actors` it ran with.
+
+`--reuse-actors true` sets `TuneConfig(reuse_actors=True)`, which Ray advises for PBT (a
+paused trial's next interval runs in an existing actor process); `--reuse-actors default`
+leaves TuneConfig at Ray's default (False in Ray 2.x: Ray stops a paused trial's actor and
+starts a new one when the trial resumes, which with PBT is after every interval).
 
     .venv-peers/bin/python bench/peers/ray_side.py --problem toy --method pbt --seed 3 \\
-        --population 8 --intervals 50 --initial '[{"h0": 0.5, "h1": 0.2}, ...]'
+        --population 8 --intervals 50 --initial '[{"h0": 0.5, "h1": 0.2}, ...]' [--reuse-actors default]
 """
 
 from __future__ import annotations
@@ -118,8 +124,9 @@ def member_index() -> int:
     return int(tune.get_context().get_trial_name().rsplit("_", 1)[1])
 
 
-def make_trainable(problem: str, seed: int) -> Callable[[dict], None]:
-    """A function trainable that trains one interval per report and checkpoints every time."""
+def make_trainable(problem: str, seed: int, scratch: str) -> Callable[[dict], None]:
+    """A function trainable that trains one interval per report and checkpoints every time.
+    Its checkpoint directories go under ``scratch``, removed with the run's storage."""
 
     def trainable(config: dict) -> None:
         example = importlib.import_module(EXAMPLES[problem])
@@ -133,7 +140,7 @@ def make_trainable(problem: str, seed: int) -> Callable[[dict], None]:
         start = tune.get_checkpoint()
         previous, interval = None, 0
         if start is not None:
-            previous = start.to_directory()
+            previous = start.to_directory(tempfile.mkdtemp(prefix="ray-peers-", dir=scratch))
             interval = json.loads((Path(previous) / "meta.json").read_text())["interval"] + 1
         while True:
             seed_everything(interval_seed(seed, member, interval))
@@ -145,7 +152,7 @@ def make_trainable(problem: str, seed: int) -> Callable[[dict], None]:
                     example.apply(state, hparams)
             example.train(state, hparams, interval, "cpu")
             score = example.evaluate(state, "cpu")
-            previous = tempfile.mkdtemp(prefix="ray-peers-")
+            previous = tempfile.mkdtemp(prefix="ray-peers-", dir=scratch)
             example.save(state, str(Path(previous) / STATE_FILE))
             (Path(previous) / "meta.json").write_text(json.dumps({"interval": interval}))
             tune.report({"score": score, "interval": interval}, checkpoint=tune.Checkpoint.from_directory(previous))
@@ -231,6 +238,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     param_space = {k: (tune.uniform(*v) if isinstance(v, list) else v) for k, v in param_space.items()}
     ledger = Ledger()
     with tempfile.TemporaryDirectory(prefix="popbt-peers-ray-") as storage:
+        scratch = os.path.join(storage, "scratch")
+        os.mkdir(scratch)
         start = time.perf_counter()
         ray.init(
             num_cpus=args.cpus,
@@ -242,15 +251,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         init_s = time.perf_counter() - start
         sched = scheduler(args.method, space, args)
         stopwatch = Stopwatch(sched)
+        tune_config = tune.TuneConfig(
+            scheduler=sched,
+            num_samples=args.population,
+            search_alg=BasicVariantGenerator(points_to_evaluate=initial),
+            **({"reuse_actors": True} if args.reuse_actors == "true" else {}),  # "default": Ray's own
+        )
         tuner = tune.Tuner(
-            tune.with_resources(make_trainable(args.problem, args.seed), {"cpu": 1}),
+            tune.with_resources(make_trainable(args.problem, args.seed, scratch), {"cpu": 1}),
             param_space=param_space,
-            tune_config=tune.TuneConfig(
-                scheduler=sched,
-                num_samples=args.population,
-                reuse_actors=True,
-                search_alg=BasicVariantGenerator(points_to_evaluate=initial),
-            ),
+            tune_config=tune_config,
             run_config=tune.RunConfig(
                 storage_path=storage,
                 name="peers",
@@ -274,6 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "exploits": sched._num_perturbations,
             "final_iterations": finals,
             "errors": sum(r.error is not None for r in results),
+            "reuse_actors": tune_config.reuse_actors,
             "initial": [ledger.initial.get(i) for i in range(args.population)],
             "ray": ray.__version__,
             **score_checkpoint(args.problem, best.checkpoint),
@@ -311,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resample", type=float, default=0.25)
     p.add_argument("--factors", type=float, nargs=2, default=(0.8, 1.2))
     p.add_argument("--cpus", type=int, default=2)
+    p.add_argument(
+        "--reuse-actors",
+        choices=("true", "default"),
+        default="true",
+        help="true: TuneConfig(reuse_actors=True); default: TuneConfig's own default (False)",
+    )
     args = p.parse_args(argv)
     for name, value in QUIET_OFFLINE.items():  # read by ray.init and tuner.fit, so set before either
         os.environ.setdefault(name, value)
