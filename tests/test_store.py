@@ -327,3 +327,22 @@ def test_a_plan_made_from_a_snapshot_that_moved_on_is_refused_and_nothing_is_wri
         assert population.apply(conn, exp.id, stale, 0.0) is False
     assert len([r for r in store.history(exp.id) if r.interval == 1]) == 4
     assert [(x.member, x.donor) for x in store.exploits(exp.id)] == [(0, 3)]  # decided once
+
+
+def test_the_checkpoints_kept_are_the_starts_the_heads_and_the_interval_a_copy_may_still_need():
+    """Pure: which checkpoints nothing needs, from the small set not yet deleted."""
+    from collections import namedtuple
+
+    from popbt.store.population import dead_checkpoints
+
+    K = namedtuple("K", "id member interval")
+    kept = [K(10 * m + k, m, k) for m in range(3) for k in range(4) if not (m == 2 and k == 3)]
+    # members 0 and 1 reported interval 3, member 2 only 2: interval 3 is the oldest incomplete,
+    # so results of interval 2 may still be copied (a replacement of member 2's interval 3)
+    dead = {k.id for k in dead_checkpoints(kept, starts={1}, stopped=set(), population=3)}
+    assert dead == {0, 10, 20, 11, 21}  # intervals 0 and 1, except member 0's interval 1 (a start)
+    # member 2 given up: the oldest incomplete interval is 4, interval 3 may still be copied
+    dead = {k.id for k in dead_checkpoints(kept, starts=set(), stopped={2}, population=3)}
+    assert dead == {0, 1, 2, 10, 11, 12, 20, 21}  # member 2's interval 2 is its final model
+    # someone has reported nothing yet: nothing can be dropped but starts of nothing
+    assert dead_checkpoints(kept, starts=set(), stopped=set(), population=4) == []

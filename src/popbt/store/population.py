@@ -9,7 +9,8 @@ Nothing here commits: SQLStore runs these inside its transactions.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -190,59 +191,46 @@ def apply(conn: Connection, exp_id: int, plan: Plan, now: float) -> bool:
 def collect_garbage(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> list[str]:
     """Mark checkpoints no longer live as deleted; return their paths for the caller to unlink.
 
-    Live: the start of a task not yet done; each member's latest result (the final models, and
-    what a member keeps training); and every result of the intervals a decision may still
-    copy from, i.e. from the interval before the oldest incomplete one on (a donor must be of
-    the copier's age). That window spans the population's spread in age, a few intervals, so
-    disk use stays at a few checkpoints per member.
+    Reads only what can still be live (the checkpoints not deleted yet, the unfinished tasks'
+    starts, the members given up), never the whole history, so its cost does not grow with
+    the run.
     """
     t, c = s.tasks, s.checkpoints
-    latest = _latest_done(exp_id)
-    floor = _oldest_incomplete(conn, cfg, exp_id, latest) - 1
-    starts = select(t.c.start_checkpoint_id).where(
-        t.c.experiment_id == exp_id, t.c.state.in_(ACTIVE), t.c.start_checkpoint_id.is_not(None)
-    )
-    heads = (
-        select(t.c.result_checkpoint_id)
-        .join(latest, and_(t.c.member == latest.c.member, t.c.interval == latest.c.interval))
-        .where(t.c.experiment_id == exp_id, t.c.state == DONE)
-    )
-    dead = conn.execute(
-        update(c)
-        .where(
-            c.c.experiment_id == exp_id,
-            c.c.state.in_((CheckpointState.LIVE, CheckpointState.CORRUPT)),
-            c.c.interval < floor,
-            c.c.id.not_in(starts),
-            c.c.id.not_in(heads),
+    kept = conn.execute(
+        select(c.c.id, c.c.member, c.c.interval, c.c.path).where(
+            c.c.experiment_id == exp_id, c.c.state.in_((CheckpointState.LIVE, CheckpointState.CORRUPT))
         )
-        .values(state=CheckpointState.DELETED, data=None)
-        .returning(c.c.path)
     ).all()
-    return [r.path for r in dead if not r.path.startswith(IN_DATABASE + ":")]
+    active = select(t.c.start_checkpoint_id).where(t.c.experiment_id == exp_id, t.c.state.in_(ACTIVE))
+    starts = {r.start_checkpoint_id for r in conn.execute(active)}
+    failed = select(t.c.member).where(t.c.experiment_id == exp_id, t.c.state == FAILED)
+    stopped = {r.member for r in conn.execute(failed)}
+    dead = dead_checkpoints(kept, starts, stopped, cfg.population)
+    if dead:
+        ids = [k.id for k in dead]
+        conn.execute(update(c).where(c.c.id.in_(ids)).values(state=CheckpointState.DELETED, data=None))
+    return [k.path for k in dead if not k.path.startswith(IN_DATABASE + ":")]
 
 
-def _latest_done(exp_id: int):
-    """Each member's latest done interval, as a subquery."""
-    t = s.tasks
-    return (
-        select(t.c.member, func.max(t.c.interval).label("interval"))
-        .where(t.c.experiment_id == exp_id, t.c.state == DONE)
-        .group_by(t.c.member)
-        .subquery()
-    )
+def dead_checkpoints(kept: Sequence[Any], starts: set[int | None], stopped: set[int], population: int) -> list[Any]:
+    """Which checkpoints not yet deleted (rows with id, member, interval) nothing needs any more.
 
-
-def _oldest_incomplete(conn: Connection, cfg: ExperimentConfig, exp_id: int, latest) -> int:
-    """The lowest interval some member still has to report (members given up excepted)."""
-    t = s.tasks
-    stopped = {
-        r.member for r in conn.execute(select(t.c.member).where(t.c.experiment_id == exp_id, t.c.state == FAILED))
-    }
-    reached = [r.interval for r in conn.execute(select(latest.c.member, latest.c.interval)) if r.member not in stopped]
-    if len(reached) < cfg.population - len(stopped):
-        return 0
-    return min(reached, default=0) + 1
+    Live: the start of a task not yet done; each member's latest result (the final models, and
+    what a member keeps training); and every result a decision may still copy, i.e. from the
+    interval before the oldest one some member (given-up ones excepted) has not reported yet,
+    on: a donor must be of the copier's age. That window spans the population's spread in age,
+    a few intervals, so disk use stays at a few checkpoints per member. A member's latest
+    result is its newest checkpoint: one is written per reported interval, and kept until then.
+    """
+    latest: dict[int, Any] = {}
+    for k in kept:
+        if k.member not in latest or k.interval > latest[k.member].interval:
+            latest[k.member] = k
+    reached = [k.interval for m, k in latest.items() if m not in stopped]
+    everyone = len(reached) == population - len(stopped)
+    oldest_incomplete = min(reached) + 1 if everyone and reached else 0
+    heads = {k.id for k in latest.values()}
+    return [k for k in kept if k.interval < oldest_incomplete - 1 and k.id not in starts and k.id not in heads]
 
 
 def maybe_finish(conn: Connection, exp_id: int) -> bool:
