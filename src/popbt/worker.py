@@ -7,6 +7,7 @@ heartbeat thread renews the lease while user code trains; if the lease is lost a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,30 +134,54 @@ def _plain(value: Any) -> Any:
 
 
 class Heartbeat:
-    """Renews a task's lease every third of the lease time while user code runs."""
+    """Renews the lease of the task being trained every third of the lease time.
 
-    def __init__(self, store: Store, task: Task, period: float) -> None:
-        self.store, self.task, self.period = store, task, period
-        self.lost = False
+    One thread per worker for all its tasks: starting a thread per interval costs milliseconds
+    on a busy machine, which is popbt's overhead on every interval.
+    """
+
+    def __init__(self, store: Store, period: float) -> None:
+        self.store, self.period = store, period
+        self._current: Task | None = None
+        self._lost = False
+        self._guard = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="popbt-heartbeat", daemon=True)
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
+    @contextlib.contextmanager
+    def keep(self, task: Task) -> Iterator[Callable[[], bool]]:
+        """Keep ``task``'s lease alive inside the block; yields "was the lease lost?"."""
+        with self._guard:
+            self._current, self._lost = task, False
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="popbt-heartbeat", daemon=True)
+            self._thread.start()
+        try:
+            yield lambda: self._lost
+        finally:
+            with self._guard:
+                self._current = None
 
-    def __exit__(self, *exc: Any) -> None:
+    def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
+        self._thread, self._stop = None, threading.Event()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.period):
+            with self._guard:
+                task = None if self._lost else self._current
+            if task is None:
+                continue
             try:
-                if not self.store.heartbeat(self.task):
-                    self.lost = True
-                    return
+                held = self.store.heartbeat(task)
             except Exception as e:  # keep trying: the lease may still hold when the db is back
-                log.warning("heartbeat for member %d failed: %s", self.task.member, e)
+                log.warning("heartbeat for member %d failed: %s", task.member, e)
+                continue
+            with self._guard:
+                if not held and self._current is task:
+                    self._lost = True
 
 
 class Worker:
@@ -181,6 +207,7 @@ class Worker:
             _local_cache(experiment) if experiment.checkpoints_in_db else experiment.checkpoint_dir
         )
         self.stats = WorkerStats()
+        self.heartbeat = Heartbeat(store, self.config.lease_seconds / 3)
         set_threads(threads)
 
     def run(self, stop: threading.Event | None = None, poll: float = 1.0) -> WorkerStats:
@@ -194,6 +221,8 @@ class Worker:
                 f"worker {self.name} stops taking work: the database was unreachable for "
                 f"longer than its {self.config.lease_seconds:g} s lease ({e})"
             ) from None
+        finally:
+            self.heartbeat.close()
 
     def _loop(self, stop: threading.Event, poll: float) -> WorkerStats:
         idle, idle_since = 0.05, None
@@ -220,7 +249,7 @@ class Worker:
         if task.attempts >= cfg.max_attempts:  # workers kept dying on it (leases expired)
             self._fail(task, f"no worker finished it in {task.attempts} attempts (each one's lease expired)")
             return
-        with Heartbeat(self.store, task, cfg.lease_seconds / 3) as beat:
+        with self.heartbeat.keep(task) as lost:
             try:
                 score, metrics, written = self._train(task)
             except KeyboardInterrupt:
@@ -230,9 +259,9 @@ class Worker:
             except BaseException as e:  # SystemExit from user code is a failure too, not our exit
                 self._fail(task, f"{type(e).__name__}: {_one_line(e)}")
                 return
-        if beat.lost:
-            self._lost(task, written.path)
-            return
+            if lost():
+                self._lost(task, written.path)
+                return
         try:
             outcome = self.store.report(task, self._result(score, metrics, written), explore=self.spec.explore)
         except LeaseLost:
