@@ -583,9 +583,9 @@ def notes(
             "(`--default-problems`); its wall ratio and its quality verdict compare it with popbt's runs on the "
             "same seeds."
             + (
-                f" Not run at Ray's defaults: {', '.join(left_out)} (`--default-problems toy,digits` adds it): "
-                "there too every interval starts a new actor, which also imports torch, and it would take "
-                "`make bench-peers` past about 50 minutes."
+                f" Not run at Ray's defaults, to keep the run's length down: {', '.join(left_out)} "
+                "(`--default-problems toy,digits` adds it); there too every interval starts a new actor, which "
+                "also imports torch."
                 if "digits" in left_out
                 else ""
             )
