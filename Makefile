@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS := torch,postgres,plots,examples,pb2,test
+EXTRAS := torch,postgres,plots,examples,pb2,lightning,transformers,tensorboard,mlflow,dashboard,test
 
 .PHONY: demo test bench bench-peers chaos clean
 
