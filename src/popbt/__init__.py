@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .analysis import Best, Step
-from .experiment import ConfigError, ExperimentConfig, Spec, SpecError, load_spec
+from .config import ExperimentConfig
+from .errors import ConfigError, PopbtError, RunFailed, SpecError, WorkerFault
 from .export import export
 from .launch import RunSummary, run, work
 from .replay import Replay, replay
 from .report import best, experiments, status
 from .space import Choice, IntUniform, LogUniform, SpaceError, Uniform
+from .spec import Spec, load_spec
 from .store import NotFound, StoreError, open_store
 from .worker import Trial, current
 
@@ -45,6 +47,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Best",
+    "PopbtError",
+    "RunFailed",
+    "WorkerFault",
     "Choice",
     "Trial",
     "current",

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .experiment import ExperimentConfig
+from .config import ExperimentConfig
 from .store import DONE, Row
 
 

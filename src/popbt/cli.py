@@ -1,7 +1,10 @@
 """The ``popbt`` command: argparse subcommands that call the Python API.
 
-Every expected failure (bad spec, bad URL, unknown experiment, invalid domain) is one line
-on stderr and exit status 2; ``--debug`` shows the traceback instead.
+Every error popbt raises on purpose is one line on stderr and the exit status its class
+names (``popbt.errors``): 2 for bad input, with nothing written; a failed run adds what made
+it fail (the first error with its traceback). ``--debug``, anywhere on the line, shows
+popbt's own traceback instead. The options of ``popbt run`` are derived from the experiment's
+settings (``popbt.config``) and the run's options (``popbt.launch.RUN_OPTIONS``).
 """
 
 from __future__ import annotations
@@ -12,33 +15,38 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import Field
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from . import launch, live, report
-from .checkpoints import CorruptCheckpoint
-from .experiment import ConfigError, SpecError
+from .config import SETTINGS
+from .errors import ConfigError, NotFound, PopbtError, UsageError, exit_code
 from .history import open_experiment
-from .space import SpaceError
-from .store import NotFound, StoreError
-from .strategy import EXPLOITS, EXPLORES, NONFINITE, StrategyError
+from .store.engine import secrets_of
 
 if TYPE_CHECKING:
     from .replay import Replay, ReplayStep
 
-USAGE_ERRORS = (
-    SpecError,
-    ConfigError,
-    SpaceError,
-    StrategyError,
-    StoreError,
-    NotFound,
-    CorruptCheckpoint,
-    FileNotFoundError,
-)
 DEMO_SPEC = "popbt.examples.digits"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (and exit status 2) instead of the usage text."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _common(p: argparse.ArgumentParser, storage: bool = True) -> None:
+    # SUPPRESS: a subcommand's --debug does not reset the one given before the subcommand
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    if storage:
+        for option in launch.RUN_OPTIONS:
+            if option.name in ("storage", "dir"):
+                _add_option(p, option)
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -46,82 +54,66 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR", help="dataset directory, given to the spec as env POPBT_DATA")
 
 
-def _storage_args(p: argparse.ArgumentParser) -> None:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_option(p: Any, option: launch.Option) -> None:
+    if option.parse is bool:
+        p.add_argument(_flag(option.name), action="store_true", default=None, help=option.help)
+    else:
+        p.add_argument(_flag(option.name), type=_parser_of(option.parse), metavar=option.metavar, help=option.help)
+
+
+def _add_setting(p: Any, f: Field) -> None:
+    meta = f.metadata["setting"]
+    default = "" if f.default in (None, ()) or f.name == "seed" else f" (default {_shown(f.default)})"
+    if meta["parse"] is bool:
+        p.add_argument(_flag(f.name), action="store_true", default=None, help=meta["help"] + default)
+        return
     p.add_argument(
-        "--storage", metavar="URL", help="SQLAlchemy URL (default: env POPBT_STORAGE, else sqlite:///DIR/popbt.db)"
+        _flag(f.name),
+        type=_parser_of(meta["parse"]),
+        choices=meta["choices"],
+        metavar=meta["metavar"],
+        help=meta["help"] + default,
     )
-    p.add_argument(
-        "--dir",
-        metavar="DIR",
-        help=f"run directory for the database, checkpoints and logs (default: ./{launch.DEFAULT_DIR})",
-    )
 
 
-STRATEGY_ARGS = (
-    "top",
-    "exploit",
-    "ttest_window",
-    "ttest_alpha",
-    "ready_every",
-    "burn_in",
-    "explore",
-    "factors",
-    "resample_probability",
-    "nonfinite",
-)
+def _parser_of(parse: Callable[[str], Any] | None) -> Callable[[str], Any] | None:
+    """argparse reports a ValueError of ``parse`` as an invalid value; keep its own words."""
+    if parse is None or parse in (int, float):
+        return parse
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0.8,1.2; got {text!r}") from None
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", help="experiment name (default: the spec's name; resumes it if unfinished)")
-    p.add_argument("--population", type=int, metavar="N")
-    p.add_argument("--intervals", type=int, metavar="N")
-    p.add_argument("--workers", type=int, metavar="N", help="local worker processes (0: only create)")
-    p.add_argument("--devices", metavar="LIST", help="e.g. cuda:0,cuda:1 (default: the GPUs, else cpu)")
-    p.add_argument("--sync", action="store_true", default=None, help="synchronous generations")
-    p.add_argument("--seed", type=int)
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--quantile", type=float, help="truncation: top/bottom fraction, in (0, 0.5] (default 0.2)")
-    group.add_argument("--top", type=int, metavar="N", help="truncation: top/bottom groups of N members")
-    p.add_argument("--exploit", choices=EXPLOITS, help="who copies whom (default truncation)")
-    p.add_argument("--ttest-window", type=int, metavar="N", help="ttest: scores compared per member (default 4)")
-    p.add_argument("--ttest-alpha", type=float, metavar="P", help="ttest: significance level (default 0.05)")
-    p.add_argument("--ready-every", type=int, metavar="K", help="exploit only every K intervals (default 1)")
-    p.add_argument("--burn-in", type=int, metavar="B", help="no exploit before interval B (default 0)")
-    p.add_argument("--explore", choices=EXPLORES, help="how a copy's hyperparameters change (default perturb)")
-    p.add_argument("--factors", type=_floats, metavar="LIST", help="perturb factors (default 0.8,1.2)")
-    p.add_argument(
-        "--resample-probability",
-        type=float,
-        metavar="P",
-        help="perturb: resample a value with probability P (default 0.25)",
-    )
-    p.add_argument(
-        "--nonfinite",
-        choices=NONFINITE,
-        help="a NaN or infinite score: 'worst' (the default: the member copies a top member at once) "
-        "or 'fail' (a failed attempt, retried)",
-    )
-    p.add_argument("--search", choices=("pbt", "random"), help="random: no exploit, no explore")
-    p.add_argument(
-        "--checkpoints",
-        metavar="DIR|db",
-        help="where checkpoints live: a directory every worker reaches (default DIR/checkpoints), "
-        "or 'db' to keep them in the database",
-    )
-    _storage_args(p)
+    groups = {"run": p.add_argument_group("experiment"), "strategy": p.add_argument_group("exploit and explore")}
+    for f in SETTINGS:
+        _add_setting(groups[f.metadata["setting"]["group"]], f)
+    options = p.add_argument_group("this run")
+    for option in launch.RUN_OPTIONS:
+        if option.name not in ("storage", "dir"):
+            _add_option(options, option)
+    _common(p)
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="popbt", description="Population Based Training on a SQL task queue.")
-    top.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    top = Parser(prog="popbt", description="Population Based Training on a SQL task queue.")
+    top.add_argument("--debug", action="store_true", default=False, help="show tracebacks")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("run", help="create or resume an experiment and train it")
     _spec_args(p)
@@ -132,12 +124,15 @@ def parser() -> argparse.ArgumentParser:
     _spec_args(p)
     p.add_argument("--experiment", default="latest", help="name, or 'latest' (default)")
     p.add_argument("--device", default="cpu", help="e.g. cuda:2 (default: cpu)")
-    p.add_argument("--threads", type=int, help="torch threads for this worker")
-    _storage_args(p)
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads for this worker")
+    p.add_argument(
+        "--allow-spec-change", action="store_true", help="join although the spec's code differs from the experiment's"
+    )
+    _common(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("list", help="list experiments")
-    _storage_args(p)
+    _common(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("status", help="show an experiment's population")
@@ -147,13 +142,14 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="live view (progress, workers, exploits) until the experiment finishes; Ctrl-C leaves",
     )
-    _storage_args(p)
+    p.add_argument("--errors", action="store_true", help="every failure, with the traceback of the user's code")
+    _common(p)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("best", help="show the best member and its hyperparameter schedule")
     p.add_argument("--experiment", default="latest")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    _storage_args(p)
+    _common(p)
     p.set_defaults(func=cmd_best)
 
     p = sub.add_parser("plot", help="draw PNG figures: scores, hyperparameters, schedule, lineage")
@@ -163,16 +159,16 @@ def parser() -> argparse.ArgumentParser:
         "--compare",
         nargs="+",
         metavar="NAME",
-        help="instead, draw compare.png: best score so far of two or more experiments",
+        help="instead, draw compare.png: the best score at each interval of two or more experiments",
     )
-    _storage_args(p)
+    _common(p)
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("export", help="write the history as CSV or JSON (one record per member and interval)")
     p.add_argument("--experiment", default="latest")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--out", metavar="FILE", help="write to FILE (default: stdout)")
-    _storage_args(p)
+    _common(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("replay", help="train one fresh model on the best (or a member's) hyperparameter schedule")
@@ -180,34 +176,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="latest")
     p.add_argument("--member", type=int, metavar="M", help="replay this member's schedule (default: the best)")
     p.add_argument("--device", default="cpu", help="e.g. cuda:0 (default: cpu)")
-    _storage_args(p)
+    _common(p)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="PBT on scikit-learn's digits: population 8, 2 workers")
     p.add_argument("--workers", type=int, default=2)
-    _storage_args(p)
+    _common(p)
     p.set_defaults(func=cmd_demo)
     return top
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    summary = launch.run(
-        args.spec,
-        name=args.name,
-        population=args.population,
-        intervals=args.intervals,
-        workers=args.workers,
-        devices=args.devices,
-        sync=args.sync,
-        seed=args.seed,
-        quantile=args.quantile,
-        search=args.search,
-        storage=args.storage,
-        dir=args.dir,
-        checkpoints=args.checkpoints,
-        console=console,
-        **{k: getattr(args, k) for k in STRATEGY_ARGS},
-    )
+    names = (*launch.OPTION_NAMES, *(f.name for f in SETTINGS))
+    options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if "quantile" in options and "top" in options:
+        raise UsageError("--quantile and --top are two ways to size the same groups: give one (see popbt run --help)")
+    summary = launch.run(args.spec, console=console, **options)
     return _finish(console, summary, args)
 
 
@@ -220,6 +204,16 @@ def _finish(console: Console, summary: launch.RunSummary, args: argparse.Namespa
     data = report.best(summary.experiment, storage=summary.storage, dir=args.dir)
     if data is not None and (summary.finished or args.workers != 0):
         report.print_best(console, data, hint=hint)
+    for line in summary.stopped_workers:
+        console.print(f"popbt: note: {line}", highlight=False, markup=False, soft_wrap=True)
+    if summary.given_up:
+        members = ", ".join(map(str, summary.given_up))
+        console.print(
+            f"popbt: note: finished without member{'s' if len(summary.given_up) > 1 else ''} {members}, "
+            "given up after repeated failures (popbt status --errors shows why)",
+            highlight=False,
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -231,6 +225,7 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
         storage=args.storage,
         dir=args.dir,
         threads=args.threads,
+        allow_spec_change=args.allow_spec_change,
     )
     return 0
 
@@ -259,6 +254,8 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
             markup=False,
             soft_wrap=True,
         )  # one event, one line, even in a log
+    if args.errors:
+        report.print_errors(console, report.errors(args.experiment, args.storage, args.dir))
     return 0
 
 
@@ -347,26 +344,70 @@ def replay_table(done: Replay) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line, even where parsing fails
+    secrets = secrets_of(_storage_in(argv) or os.environ.get("POPBT_STORAGE"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    console = Console()
-    if getattr(args, "data", None):
-        os.environ["POPBT_DATA"] = os.path.abspath(args.data)  # local workers inherit it
-    func: Callable[[argparse.Namespace, Console], int] = args.func
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Redact(secrets))
+    console = make_console()
     try:
+        args = parser().parse_args(argv)
+        if getattr(args, "data", None):
+            os.environ["POPBT_DATA"] = os.path.abspath(args.data)  # local workers inherit it
+        func: Callable[[argparse.Namespace, Console], int] = args.func
         return func(args, console)
-    except KeyboardInterrupt:
-        return 130
-    except USAGE_ERRORS as e:
-        if args.debug:
+    except KeyboardInterrupt as e:
+        return exit_code(e)
+    except PopbtError as e:
+        if debug:
             raise
-        print(f"popbt: error: {_message(e)}", file=sys.stderr)
-        return 2
+        print(_redact(f"popbt: error: {_message(e)}", secrets), file=sys.stderr)
+        if e.detail:
+            print(_redact(e.detail, secrets), file=sys.stderr)
+        return e.exit_code
     except Exception as e:
-        if args.debug:
+        if debug:
             raise
-        print(f"popbt: error: {type(e).__name__}: {_message(e)} (--debug shows the traceback)", file=sys.stderr)
-        return 1
+        text = f"popbt: error: {type(e).__name__}: {_message(e)} (--debug shows the traceback)"
+        print(_redact(text, secrets), file=sys.stderr)
+        return exit_code(e)
+
+
+def make_console() -> Console:
+    """Rich on a terminal; when output goes to a file or a pipe, never wrapped or cut at 80
+    columns (a path, a table row or a score stays on one line)."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=100_000, soft_wrap=True)
+
+
+def _storage_in(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--storage" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--storage="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+class _Redact(logging.Filter):
+    """Passwords of the storage URL never reach a log, whatever printed them."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = list(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg, record.args = _redact(record.getMessage(), self.secrets), None
+        return True
 
 
 def _message(e: BaseException) -> str:

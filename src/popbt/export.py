@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .experiment import ConfigError
+from .errors import ConfigError
 from .history import History, read
 from .store import Exploit, Row
 

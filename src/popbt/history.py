@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .experiment import ExperimentConfig
+from .config import ExperimentConfig
 from .places import check_sqlite_path, locate, sqlite_file
 from .store import Experiment, Exploit, NotFound, Row, SQLStore, open_store
 

@@ -149,28 +149,50 @@ def watch(
     console: Console | None = None,
     period: float = 0.5,
     plain_every: float = 5.0,
+    on_tick: Callable[[Store], None] | None = None,
 ) -> Counts:
-    """Show progress until the experiment finishes or ``keep_going()`` turns false."""
+    """Show progress until the experiment is over (finished or failed) or ``keep_going()``
+    turns false. ``on_tick(store)`` runs every few seconds (the loggers' follower)."""
     console = console or Console()
+    ticker = _Ticker(on_tick)
     if not console.is_terminal:
-        return _watch_plain(store, exp, keep_going, console, period, plain_every)
+        return _watch_plain(store, exp, keep_going, console, period, plain_every, ticker)
     counts = store.progress(exp.id)
     bar = progress_bar(console)
     job = bar.add_task(describe(counts, exp.config.metric), total=counts.total, completed=counts.done, name=exp.name)
     snap, read_at = snapshot(store, exp), time.monotonic()
-    with Live(dashboard(exp, snap, bar, counts.finished), console=console, refresh_per_second=4) as view:
-        while not counts.finished and keep_going():
+    with Live(dashboard(exp, snap, bar, counts.over), console=console, refresh_per_second=4) as view:
+        while not counts.over and keep_going():
             time.sleep(period)
             counts = store.progress(exp.id)
-            if counts.finished or time.monotonic() - read_at >= DETAIL_EVERY:
+            if counts.over or time.monotonic() - read_at >= DETAIL_EVERY:
                 snap, read_at = snapshot(store, exp), time.monotonic()
+                ticker(store)
             bar.update(job, completed=counts.done, description=describe(counts, exp.config.metric))
-            view.update(dashboard(exp, snap, bar, counts.finished))
+            view.update(dashboard(exp, snap, bar, counts.over))
     return counts
 
 
+class _Ticker:
+    """Calls ``fn(store)`` at most every DETAIL_EVERY seconds."""
+
+    def __init__(self, fn: Callable[[Store], None] | None) -> None:
+        self.fn, self.last = fn, 0.0
+
+    def __call__(self, store: Store) -> None:
+        if self.fn is not None and time.monotonic() - self.last >= DETAIL_EVERY:
+            self.last = time.monotonic()
+            self.fn(store)
+
+
 def _watch_plain(
-    store: Store, exp: Experiment, keep_going: Callable[[], bool], console: Console, period: float, plain_every: float
+    store: Store,
+    exp: Experiment,
+    keep_going: Callable[[], bool],
+    console: Console,
+    period: float,
+    plain_every: float,
+    ticker: _Ticker,
 ) -> Counts:
     """A line every ``plain_every`` seconds when something changed, and one at the end."""
 
@@ -180,12 +202,13 @@ def _watch_plain(
 
     counts = store.progress(exp.id)
     last_counts, last_time = None, 0.0
-    while not counts.finished and keep_going():
+    while not counts.over and keep_going():
         if counts != last_counts and time.monotonic() - last_time >= plain_every:
             say(counts)
             last_counts, last_time = counts, time.monotonic()
         time.sleep(period)
         counts = store.progress(exp.id)
+        ticker(store)
     say(counts)
     return counts
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from .experiment import ConfigError
+from .errors import ConfigError
 from .store import StoreError, mask_url
 
 DEFAULT_DIR = "popbt-runs"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import pb2, strategy
-from .experiment import ExperimentConfig
+from .config import ExperimentConfig
 from .space import sample_space
 from .strategy import Explored, ExploreError, Standing, Trained
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import analysis
-from .experiment import ConfigError, ExperimentConfig
+from .config import ExperimentConfig
+from .errors import ConfigError
 from .history import History
 from .history import read as read_history  # noqa: F401  (the name this module used to define)
 from .space import LogUniform

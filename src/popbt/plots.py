@@ -16,7 +16,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .experiment import ConfigError
+from .errors import ConfigError
 from .history import read, read_many, run_dir
 from .plotdata import (
     CompareData,

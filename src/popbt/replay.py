@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from . import analysis
-from .experiment import ConfigError, Spec, load_spec
+from .errors import ConfigError
 from .history import History, read, run_dir
 from .space import space_to_json
+from .spec import Spec, load_spec
 from .store import NotFound
 from .worker import Trial, seed_everything, seed_for, split_score
 

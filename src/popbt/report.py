@@ -48,6 +48,33 @@ def best(
     return data
 
 
+def errors(experiment: str = "latest", storage: str | None = None, dir: str | os.PathLike | None = None) -> list[Event]:
+    """Every failure of user code in the experiment, oldest first, with its traceback; and the
+    events that say a worker stopped or the run failed."""
+    with open_experiment(experiment, storage, dir) as (store, exp):
+        return store.events(exp.id, limit=10**6, kinds=("failure", "worker_fault", "run_failed"))
+
+
+def print_errors(console: Console, events: list[Event]) -> None:
+    """Each failure once per distinct traceback: the first occurrence in full, then where
+    else the same one happened."""
+    if not events:
+        console.print("no failures", highlight=False)
+        return
+    shown: dict[str, list[Event]] = {}
+    for ev in events:
+        shown.setdefault(ev.detail or f"{ev.kind}: {ev.message}", []).append(ev)
+    for group in shown.values():
+        first = group[0]
+        where = "the experiment" if first.member < 0 else f"member {first.member} interval {first.interval}"
+        console.print(f"\n{first.kind} at {where}: {first.message}", highlight=False, markup=False, soft_wrap=True)
+        if first.detail:
+            console.print(first.detail, highlight=False, markup=False, soft_wrap=True)
+        if len(group) > 1:
+            others = ", ".join(f"member {e.member} interval {e.interval}" for e in group[1:])
+            console.print(f"the same at {others}", highlight=False, markup=False, soft_wrap=True)
+
+
 def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

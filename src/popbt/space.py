@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-class SpaceError(ValueError):
-    """A domain was declared with impossible bounds, or a value falls outside it."""
+from .errors import SpaceError
 
 
 @dataclass(frozen=True)
@@ -156,7 +154,9 @@ class Choice(Domain):
     kind = "choice"
 
     def __init__(self, options: Sequence[Any], ordered: bool = True) -> None:
-        object.__setattr__(self, "options", tuple(options))
+        if isinstance(options, (str, bytes)) or not isinstance(options, Iterable):
+            raise SpaceError(f"Choice needs a list of options, got {options!r}")
+        object.__setattr__(self, "options", tuple(_plain_option(o) for o in options))
         object.__setattr__(self, "ordered", bool(ordered))
         if not self.options:
             raise SpaceError("Choice needs at least one option")
@@ -193,6 +193,24 @@ class Choice(Domain):
 _KINDS = {cls.kind: cls for cls in (Uniform, LogUniform, IntUniform, Choice)}
 
 Space = Mapping[str, Domain]
+
+
+def _plain_option(value: Any) -> Any:
+    """A Choice option as it will come back from the experiment's JSON: a string, a finite
+    number, a bool or None. numpy scalars become their Python value; anything else (a tuple, a
+    NaN, an object) would come back different, and no worker could join the experiment."""
+    if hasattr(value, "item") and type(value).__module__ == "numpy":
+        value = value.item()
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SpaceError(f"Choice options must be finite numbers, got {value!r}")
+        return value
+    raise SpaceError(
+        f"Choice options must be strings, numbers, booleans or None, got {value!r} ({type(value).__name__}); "
+        "name the option instead (e.g. 'adam') and build the object from it in your spec"
+    )
 
 
 def check_space(space: Any) -> dict[str, Domain]:

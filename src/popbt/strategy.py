@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .errors import StrategyError
 from .space import Change, Domain, SpaceError, sample_space, validate_hparams
 
 T = TypeVar("T")
@@ -30,10 +31,6 @@ T = TypeVar("T")
 EXPLOITS = ("truncation", "tournament", "ttest")
 EXPLORES = ("perturb", "pb2")
 NONFINITE = ("worst", "fail")  # a NaN/inf score: the worst score (exploit at once), or a failure
-
-
-class StrategyError(ValueError):
-    """A strategy setting that cannot work (quantile out of range, population too small)."""
 
 
 class ExploreError(ValueError):

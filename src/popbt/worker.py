@@ -3,11 +3,18 @@
 A worker never chooses members itself: the store hands out work and decides exploits. A
 heartbeat thread renews the lease while user code trains; if the lease is lost anyway
 (the worker froze past it), the store refuses the late report and the worker moves on.
+
+A worker tells its own faults from its members': it probes its device and checkpoint
+directory before claiming anything, a disk the system refuses (full, read-only) releases the
+interval uncharged, and a worker that fails several different members in a row while others
+succeed with them stops and takes those charges back. SIGINT and SIGTERM hand the running
+interval back at once, without counting an attempt.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import logging
 import math
@@ -16,22 +23,24 @@ import random
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checkpoints
-from .experiment import ConfigError, Spec
+from . import checkpoints, devices
+from .errors import ConfigError, Interrupted, RunFailed, StoreError, WorkerFault
 from .space import space_to_json
-from .store import IN_DATABASE, Checkpoint, Experiment, LeaseLost, Rejected, Result, Store, StoreError, Task
+from .spec import Spec
+from .store import IN_DATABASE, Checkpoint, Experiment, LeaseLost, Rejected, Result, Store, Task
 
 log = logging.getLogger("popbt.worker")
 
 SETTLE_AFTER = 2.0  # seconds idle before a worker takes decisions a dead worker left behind
+STREAK = 3  # different members failed in a row, while others succeed, before a worker blames itself
 
 
 @dataclass(frozen=True)
@@ -45,14 +54,15 @@ class Trial:
     seed: int
 
 
-_current: Trial | None = None
+_current: contextvars.ContextVar[Trial | None] = contextvars.ContextVar("popbt_trial", default=None)
 
 
 def current() -> Trial:
     """The (experiment, member, interval) being trained; only valid inside spec functions."""
-    if _current is None:
+    trial = _current.get()
+    if trial is None:
         raise RuntimeError("popbt.current() is only available while a worker runs spec code")
-    return _current
+    return trial
 
 
 class ScoreError(ValueError):
@@ -184,8 +194,59 @@ class Heartbeat:
                     self._lost = True
 
 
+class Stopper:
+    """SIGINT and SIGTERM as a graceful stop. Inside user code the signal raises Interrupted
+    at once (the interval is handed back, not counted); anywhere else (a claim, a report) the
+    worker finishes that step and stops before the next claim. A second signal while stopping
+    is ignored, so a handover is never cut short."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self.signum: int | None = None
+        self._in_user_code = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        self.event.set()
+        if self._in_user_code:
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def user_code(self) -> Iterator[None]:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+        self._in_user_code = True
+        try:
+            yield
+        finally:
+            self._in_user_code = False
+
+
+@dataclass
+class Streak:
+    """Failures of different members in a row on this worker: (task id, attempts after the
+    failure) each, and how many results the whole experiment had when the streak began."""
+
+    charged: list[tuple[int, int]] = field(default_factory=list)
+    members: set[int] = field(default_factory=set)
+    done_before: int = 0
+
+
 class Worker:
-    """Trains tasks of one experiment until it is finished (or ``stop`` is set)."""
+    """Trains tasks of one experiment until it is over (or ``stop`` is set)."""
 
     def __init__(
         self,
@@ -195,42 +256,68 @@ class Worker:
         device: str = "cpu",
         name: str | None = None,
         threads: int | None = None,
+        allow_spec_change: bool = False,
     ) -> None:
-        if space_to_json(spec.space) != space_to_json(experiment.config.space):
-            raise ConfigError(
-                f"spec {spec.ref!r} declares another search space than experiment {experiment.name!r} was created with"
-            )
-        self.store, self.experiment, self.spec, self.device = store, experiment, spec, device
+        check_spec(spec, experiment, allow_spec_change)
+        self.store, self.experiment, self.spec = store, experiment, spec
+        self.device = devices.check_device(device)
         self.name = name or worker_name()
         self.config = experiment.config
-        self.ckpt_dir = checkpoints.CheckpointDir(
-            _local_cache(experiment) if experiment.checkpoints_in_db else experiment.checkpoint_dir
-        )
+        self.scratch: Path | None = None
+        root = experiment.checkpoint_dir
+        if experiment.checkpoints_in_db:
+            self.scratch = checkpoints.private_dir(f"popbt-{experiment.name}-")
+            root = str(self.scratch)
+        self.ckpt_dir = checkpoints.CheckpointDir(root, experiment.uid)
         self.stats = WorkerStats()
         self.heartbeat = Heartbeat(store, self.config.lease_seconds / 3)
+        self.streak = Streak()
+        self.stopper: Stopper | None = None
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"--threads must be a positive integer, got {threads!r}")
         set_threads(threads)
 
+    def preflight(self) -> None:
+        """Before the first claim: the device and the checkpoint directory must work here."""
+        devices.probe(self.device)
+        self.ckpt_dir.probe()
+
     def run(self, stop: threading.Event | None = None, poll: float = 1.0) -> WorkerStats:
-        """Train until the experiment is finished. If the database stays unreachable for
-        longer than a lease (the store's patience), stop taking work with a StoreError: by
-        then any task this worker held belongs to another worker, so nothing partial is written."""
+        """Train until the experiment is over. If the database stays unreachable for longer
+        than a lease (the store's patience), stop taking work with a StoreError: by then any
+        task this worker held belongs to another worker, so nothing partial is written.
+
+        Raises: WorkerFault (this worker cannot work here), RunFailed (the experiment failed),
+        Interrupted (SIGINT or SIGTERM; the running interval was handed back)."""
+        self.stopper = Stopper(stop or threading.Event())
+        self.stopper.install()
         try:
-            return self._loop(stop or threading.Event(), poll)
+            self.preflight()
+            self._loop(self.stopper.event, poll)
         except StoreError as e:
             raise StoreError(
                 f"worker {self.name} stops taking work: the database was unreachable for "
                 f"longer than its {self.config.lease_seconds:g} s lease ({e})"
             ) from None
         finally:
+            self.stopper.uninstall()
             self.heartbeat.close()
+            if self.scratch is not None:
+                checkpoints.remove_dir(self.scratch)
+        if self.stopper.signum is not None:
+            raise Interrupted(self.stopper.signum)
+        return self.stats
 
-    def _loop(self, stop: threading.Event, poll: float) -> WorkerStats:
+    def _loop(self, stop: threading.Event, poll: float) -> None:
         idle, idle_since = 0.05, None
         while not stop.is_set():
             task = self.store.claim(self.experiment.id, self.name, self.device)
             if task is None:
-                if self.store.progress(self.experiment.id).finished:
-                    break
+                progress = self.store.progress(self.experiment.id)
+                if progress.over:
+                    if progress.status == "failed":
+                        raise RunFailed(f"experiment {self.experiment.name!r} failed; see popbt status --errors")
+                    return
                 now = time.monotonic()
                 idle_since = idle_since or now
                 if now - idle_since >= SETTLE_AFTER:  # a decision nobody took (its reporter died)?
@@ -241,23 +328,25 @@ class Worker:
                 continue
             idle, idle_since = 0.05, None
             self.train_one(task)
-        return self.stats
 
     def train_one(self, task: Task) -> None:
         """One interval of one member, from claim to report; failures go to the store."""
         cfg = self.config
         if task.attempts >= cfg.max_attempts:  # workers kept dying on it (leases expired)
-            self._fail(task, f"no worker finished it in {task.attempts} attempts (each one's lease expired)")
+            self._fail(task, f"no worker finished it in {task.attempts} attempts (each one's lease expired)", None)
             return
         with self.heartbeat.keep(task) as lost:
             try:
                 score, metrics, written = self._train(task)
-            except KeyboardInterrupt:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
-                self.store.release(task)
+            except KeyboardInterrupt as e:
+                signum = getattr(e, "signum", signal.SIGINT)
+                self._release(task, f"worker {self.name} stopped by {signal.Signals(signum).name}; not an attempt")
                 raise
             except BaseException as e:  # SystemExit from user code is a failure too, not our exit
-                self._fail(task, f"{type(e).__name__}: {_one_line(e)}")
+                cause = e.__cause__ if isinstance(e, _SaveFailed) and e.__cause__ is not None else e
+                if isinstance(e, _SaveFailed) or checkpoints.is_disk_fault(e):
+                    self._disk_fault(task, cause)  # raises WorkerFault if the disk is to blame
+                self._fail(task, f"{type(cause).__name__}: {_one_line(cause)}", _traceback(cause))
                 return
             if lost():
                 self._lost(task, written.path)
@@ -269,40 +358,47 @@ class Worker:
             return
         except Rejected as e:
             checkpoints.delete([written.path])
-            self._fail(task, str(e))
+            self._fail(task, str(e), None)
             return
         finally:
             if self.experiment.checkpoints_in_db:
                 checkpoints.delete([written.path])  # the bytes are in the database now
         checkpoints.delete(outcome.garbage)
         self.stats.done += 1
+        self.streak = Streak()
         copied = f" -> next copies member {outcome.exploited_from}" if outcome.exploited_from is not None else ""
         log.info("member %d interval %d: %s=%.6g%s", task.member, task.interval, cfg.metric, score, copied)
 
     def _train(self, task: Task) -> tuple[float, dict, checkpoints.Written]:
-        global _current
         spec, hparams, device = self.spec, dict(task.hparams), self.device
         seed = seed_for(self.config.seed, task.member, task.interval, task.attempts, task.replacements)
-        _current = Trial(self.experiment.name, task.member, task.interval, device, seed)
-        seed_everything(seed)
-        state = spec.build(hparams, device)
-        if task.start is not None:
-            path = self._fetch(task.start)
-            try:
-                loaded = spec.load(state, path)
-            finally:
-                if path != task.start.path:  # a scratch copy of bytes kept in the database
-                    checkpoints.delete([path])
-            state = state if loaded is None else loaded
-            if spec.apply is not None:
-                spec.apply(state, hparams)
-        extra = spec.train(state, hparams, task.interval, device)
-        score, metrics = split_score(
-            spec.evaluate(state, device), self.config.metric, nonfinite=self.config.nonfinite == "worst"
-        )
-        if isinstance(extra, dict):
-            metrics = {**{k: _plain(v) for k, v in extra.items()}, **metrics}
-        written = self.ckpt_dir.write(task.member, task.interval, task.token, lambda p: spec.save(state, p))
+        token = _current.set(Trial(self.experiment.name, task.member, task.interval, device, seed))
+        try:
+            path = self._fetch(task.start) if task.start is not None else None
+            with self.stopper.user_code() if self.stopper else contextlib.nullcontext():
+                seed_everything(seed)
+                state = spec.build(hparams, device)
+                if path is not None:
+                    try:
+                        loaded = spec.load(state, path)
+                    finally:
+                        if path != task.start.path:  # a scratch copy of bytes kept in the database
+                            checkpoints.delete([path])
+                    state = state if loaded is None else loaded
+                    if spec.apply is not None:
+                        spec.apply(state, hparams)
+                extra = spec.train(state, hparams, task.interval, device)
+                score, metrics = split_score(
+                    spec.evaluate(state, device), self.config.metric, nonfinite=self.config.nonfinite == "worst"
+                )
+                if isinstance(extra, dict):
+                    metrics = {**{k: _plain(v) for k, v in extra.items()}, **metrics}
+                try:
+                    written = self.ckpt_dir.write(task.member, task.interval, task.token, lambda p: spec.save(state, p))
+                except Exception as e:
+                    raise _SaveFailed(e) from e
+        finally:
+            _current.reset(token)
         return score, metrics, written
 
     def _fetch(self, start: Checkpoint) -> str:
@@ -326,14 +422,62 @@ class Worker:
         name = f"{IN_DATABASE}:{self.experiment.name}/{Path(written.path).name}"
         return Result(score, metrics, name, written.sha256, written.size, Path(written.path).read_bytes())
 
-    def _fail(self, task: Task, message: str) -> None:
+    def _fail(self, task: Task, message: str, detail: str | None) -> None:
+        """Charge the member an attempt; when this worker failed several different members in
+        a row while others succeed with them, the fault is this worker's: take the charges
+        back and stop (WorkerFault)."""
         self.stats.failed += 1
-        log.warning("member %d interval %d failed: %s", task.member, task.interval, message)
+        log.warning(
+            "member %d interval %d failed: %s%s", task.member, task.interval, message, f"\n{detail}" if detail else ""
+        )
+        if not self.streak.charged:
+            self.streak.done_before = self.store.progress(self.experiment.id).done
         try:
-            outcome = self.store.fail(task, message, explore=self.spec.explore)
+            outcome = self.store.fail(task, message, explore=self.spec.explore, detail=detail)
         except LeaseLost:
             return
         checkpoints.delete(outcome.garbage)
+        self.streak.charged.append((task.id, task.attempts + 1))
+        self.streak.members.add(task.member)
+        if len(self.streak.members) < STREAK:
+            return
+        if self.store.progress(self.experiment.id).done > self.streak.done_before:  # others succeed meanwhile
+            self._blame_self(
+                f"it failed {len(self.streak.members)} different members in a row while other workers succeeded; "
+                f"last error: {message}"
+            )
+
+    def _blame_self(self, why: str) -> None:
+        reason = f"worker {self.name} on {self.device} stops taking work: {why}; its failures are not counted"
+        back = self.store.absolve(self.experiment.id, self.streak.charged, self.name, reason)
+        log.error("%s (%d attempts taken back)", reason, back)
+        raise WorkerFault(reason)
+
+    def _disk_fault(self, task: Task, cause: BaseException) -> None:
+        """The system refused the checkpoint disk (full, read-only, I/O error), or writing the
+        checkpoint failed and the directory no longer takes a file: the host's fault, not the
+        member's. The interval goes back uncharged and this worker stops."""
+        if not checkpoints.is_disk_fault(cause):
+            try:
+                self.ckpt_dir.probe()
+                return  # the directory works: the spec's save itself failed (the member's)
+            except WorkerFault:
+                pass
+        why = f"checkpoint directory {self.ckpt_dir.root} is unusable: {type(cause).__name__}: {_one_line(cause)}"
+        reason = (
+            f"worker {self.name} stops taking work: {why}; member {task.member} interval {task.interval} handed back"
+        )
+        self._release(task, reason)
+        self.store.absolve(self.experiment.id, self.streak.charged, self.name, reason)
+        log.error("%s", reason)
+        raise WorkerFault(reason)
+
+    def _release(self, task: Task, reason: str) -> None:
+        try:
+            self.store.release(task, reason)
+        except StoreError as e:  # the lease expires by itself; nothing is lost
+            log.warning("could not hand member %d interval %d back: %s", task.member, task.interval, e)
+        log.info("member %d interval %d handed back: %s", task.member, task.interval, reason)
 
     def _lost(self, task: Task, path: str) -> None:
         self.stats.lost += 1
@@ -345,11 +489,39 @@ class Worker:
         )
 
 
+class _SaveFailed(Exception):
+    """Writing the checkpoint failed (the spec's save, or popbt's fsync and rename)."""
+
+
+def check_spec(spec: Spec, experiment: Experiment, allow_change: bool = False) -> None:
+    """Refuse code other than the experiment's: another search space always, another source
+    (digest) unless ``allow_change``."""
+    if space_to_json(spec.space) != space_to_json(experiment.config.space):
+        raise ConfigError(
+            f"spec {spec.ref!r} declares another search space than experiment {experiment.name!r} was created with"
+        )
+    stored = experiment.config.spec_digest
+    if allow_change or stored is None or spec.digest is None or spec.digest == stored:
+        return
+    raise ConfigError(
+        f"spec {spec.ref!r} is not the code experiment {experiment.name!r} was created with "
+        f"({experiment.config.spec}, sha256 {stored[:12]}; this one {spec.digest[:12]}); "
+        "pass --allow-spec-change if you changed it on purpose"
+    )
+
+
+def _traceback(e: BaseException) -> str:
+    """The traceback of a failure in user code, from the user's first frame (popbt's own
+    frames above it say nothing about the bug)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename.startswith(_POPBT_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(e), e, tb)).rstrip()
+
+
+_POPBT_DIR = str(Path(__file__).resolve().parent) + os.sep
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else "(no message)"
-
-
-def _local_cache(experiment: Experiment) -> str:
-    """Scratch space for checkpoints that live in the database, on this machine only."""
-    return os.path.join(tempfile.gettempdir(), f"popbt-{os.getuid()}", f"{experiment.name}-{experiment.id}")

@@ -1,5 +1,6 @@
 """Storage: the abstract contract and its one SQLAlchemy implementation."""
 
+from ..errors import NotFound, StoreError
 from .base import (
     ACTIVE,
     DONE,
@@ -16,14 +17,12 @@ from .base import (
     ExperimentStatus,
     Exploit,
     LeaseLost,
-    NotFound,
     Outcome,
     Progress,
     Rejected,
     Result,
     Row,
     Store,
-    StoreError,
     Task,
 )
 from .sql import SQLStore, mask_url

@@ -11,10 +11,11 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..experiment import ExperimentConfig
+from ..config import ExperimentConfig
+from ..errors import PopbtError
 from ..plan import Hook
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Task states. A task is "train member m for interval k". WAITING: its start (own weights or
 # a donor's, and the hyperparameters) is not decided yet, so nobody may claim it.
@@ -26,7 +27,8 @@ class ExperimentStatus:
     """``Experiment.status``."""
 
     RUNNING = "running"
-    FINISHED = "finished"
+    FINISHED = "finished"  # every member trained every interval (or was given up, not all of them)
+    FAILED = "failed"  # it cannot succeed: every member failed its first interval, or all were given up
 
 
 class CheckpointState:
@@ -38,19 +40,11 @@ class CheckpointState:
     CORRUPT = "corrupt"
 
 
-class StoreError(RuntimeError):
-    """The database cannot be used (unreachable, another schema version, malformed URL)."""
-
-
-class NotFound(LookupError):
-    """No experiment of that name."""
-
-
-class Rejected(RuntimeError):
+class Rejected(PopbtError):
     """The database refused what a worker reported (a value it cannot store)."""
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(PopbtError):
     """The worker's lease was taken over; its result must be discarded."""
 
 
@@ -65,10 +59,24 @@ class Experiment:
     status: str
     created_at: float
     checkpoint_dir: str  # a directory every worker can reach, or IN_DATABASE
+    uid: str = ""  # random at creation; checkpoint file names carry it (the sweep's proof of ownership)
 
     @property
     def checkpoints_in_db(self) -> bool:
         return self.checkpoint_dir == IN_DATABASE
+
+    @property
+    def finished(self) -> bool:
+        return self.status == ExperimentStatus.FINISHED
+
+    @property
+    def failed(self) -> bool:
+        return self.status == ExperimentStatus.FAILED
+
+    @property
+    def over(self) -> bool:
+        """Nothing is left to train: finished or failed."""
+        return self.status != ExperimentStatus.RUNNING
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,7 @@ class Task:
     token: str
     attempts: int  # failed attempts so far: a retry trains with a fresh seed
     replacements: int = 0  # restarts from a top member after max_attempts failures
+    worker: str = ""  # who holds the lease
 
 
 @dataclass(frozen=True)
@@ -165,11 +174,17 @@ class Exploit:
 
 @dataclass(frozen=True)
 class Event:
+    """One line of what happened: ``failure``, ``replaced``, ``gave_up``, ``lease_expired``,
+    ``released``, ``corrupt_checkpoint``, ``nonfinite``, ``worker_fault``, ``run_failed``,
+    ``resumed``, ``spec_changed``. A failure in user code keeps its traceback in ``detail``."""
+
     member: int
     interval: int
     kind: str
     message: str
     created_at: float
+    detail: str | None = None
+    worker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +196,12 @@ class Progress:
     best_member: int | None
     best_score: float | None
     finished: bool
+    status: str = ExperimentStatus.RUNNING
+
+    @property
+    def over(self) -> bool:
+        """Nothing is left to train: finished, or failed."""
+        return self.status != ExperimentStatus.RUNNING
 
 
 class Store(abc.ABC):
@@ -196,8 +217,13 @@ class Store(abc.ABC):
       ``LeaseLost`` (or False) and changes nothing.
     - ``report`` records the result exactly once per (experiment, member, interval) and creates
       the member's next task, waiting for its exploit decision (or claimable at once when no
-      exploit is possible then). ``fail`` retries a task up to ``max_attempts`` times, then
-      lets it wait for a replacement.
+      exploit is possible then). ``fail`` retries a task up to ``max_attempts`` times (each
+      retry claimable only after a delay that doubles, by the database's clock), then lets it
+      wait for a replacement. ``release`` hands a task back without counting an attempt (a
+      worker stopped by a signal); ``absolve`` takes back attempts a faulty worker charged.
+    - An experiment that cannot succeed is marked ``failed``: every member failed its first
+      interval with no result anywhere, or every member was given up. Nothing is claimed
+      from it; ``reopen`` lets a failed-at-the-start experiment run again (after a fix).
     - Decisions (``popbt.plan``) are taken from a snapshot of the population read under the
       lock, planned outside it (user hooks, PB2), and applied only if the population's version
       has not moved (else re-planned). ``report``, ``fail`` and ``settle`` do it; any caller may.
@@ -255,18 +281,35 @@ class Store(abc.ABC):
         Raises: LeaseLost if the lease was taken over; Rejected if the database refuses a value."""
 
     @abc.abstractmethod
-    def fail(self, task: Task, message: str, explore: Hook | None = None) -> Outcome:
-        """Record a failed attempt; retry, or replace the member (see the contract).
+    def fail(self, task: Task, message: str, explore: Hook | None = None, detail: str | None = None) -> Outcome:
+        """Record a failed attempt (``message``: one line; ``detail``: the traceback); retry,
+        replace the member, or mark the experiment failed (see the contract).
 
         Raises: LeaseLost if the lease was taken over."""
+
+    @abc.abstractmethod
+    def absolve(self, experiment_id: int, charged: list[tuple[int, int]], worker: str, reason: str) -> int:
+        """Take back the attempts a faulty worker charged: ``charged`` is (task id, attempts
+        after its failure) per failure. Only tasks still as that failure left them change.
+        Returns how many were taken back; records a ``worker_fault`` event with ``reason``."""
 
     @abc.abstractmethod
     def settle(self, experiment_id: int, explore: Hook | None = None) -> Outcome:
         """Decide every waiting task that can be decided now (idempotent)."""
 
     @abc.abstractmethod
-    def release(self, task: Task) -> bool:
-        """Hand the task back untouched (a worker that stops); False if the lease was lost."""
+    def release(self, task: Task, reason: str | None = None) -> bool:
+        """Hand the task back untouched, no attempt counted (a worker that stops); with a
+        ``reason``, a ``released`` event says why. False if the lease was lost."""
+
+    @abc.abstractmethod
+    def reopen(self, experiment_id: int) -> None:
+        """Let an experiment marked failed before any result run again: its first interval's
+        attempts start from zero. Raises: ConfigError if it failed after results existed."""
+
+    @abc.abstractmethod
+    def set_spec(self, experiment_id: int, ref: str, digest: str | None, worker: str) -> None:
+        """Record that the experiment now runs other spec code (``--allow-spec-change``)."""
 
     @abc.abstractmethod
     def mark_corrupt(self, checkpoint: Checkpoint, message: str) -> None:
@@ -287,8 +330,8 @@ class Store(abc.ABC):
         """Every recorded copy, in the order they were decided."""
 
     @abc.abstractmethod
-    def events(self, experiment_id: int, limit: int = 20) -> list[Event]:
-        """The latest ``limit`` events (failures, replacements, expired leases), oldest first."""
+    def events(self, experiment_id: int, limit: int = 20, kinds: tuple[str, ...] = ()) -> list[Event]:
+        """The latest ``limit`` events (of these ``kinds``, or all), oldest first."""
 
     @abc.abstractmethod
     def checkpoint_data(self, checkpoint: Checkpoint) -> bytes:

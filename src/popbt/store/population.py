@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from .. import pb2
-from ..experiment import ExperimentConfig
+from ..config import ExperimentConfig
 from ..plan import Plan, Result, Snapshot, Waiting
 from ..strategy import Trained
 from . import schema as s
@@ -233,15 +233,48 @@ def dead_checkpoints(kept: Sequence[Any], starts: set[int | None], stopped: set[
     return [k for k in kept if k.interval < oldest_incomplete - 1 and k.id not in starts and k.id not in heads]
 
 
-def maybe_finish(conn: Connection, exp_id: int) -> bool:
-    """Mark the experiment finished once no task is left to train."""
-    active = conn.execute(
-        select(func.count()).where(s.tasks.c.experiment_id == exp_id, s.tasks.c.state.in_(ACTIVE))
-    ).scalar_one()
-    if active:
+def maybe_finish(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> bool:
+    """Mark the experiment over once no task is left to train: finished, or failed when no
+    member reached the last interval (every one was given up)."""
+    t = s.tasks
+    active = conn.execute(select(t.c.id).where(t.c.experiment_id == exp_id, t.c.state.in_(ACTIVE)).limit(1)).first()
+    if active is not None:
         return False
+    final = conn.execute(
+        select(t.c.id).where(t.c.experiment_id == exp_id, t.c.interval == cfg.intervals - 1, t.c.state == DONE).limit(1)
+    ).first()
+    if final is None:
+        fail_experiment(conn, exp_id, "every member was given up: no final model", _db_now(conn))
+        return True
     conn.execute(update(s.experiments).where(s.experiments.c.id == exp_id).values(status=ExperimentStatus.FINISHED))
     return True
+
+
+def hopeless(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> bool:
+    """Nothing ever succeeded and every member has failed its first interval at least once:
+    the code, not one member, is broken. Reads interval 0 only (and one row for any result)."""
+    t = s.tasks
+    any_done = conn.execute(select(t.c.id).where(t.c.experiment_id == exp_id, t.c.state == DONE).limit(1)).first()
+    if any_done is not None:
+        return False
+    failed_first = conn.execute(
+        select(func.count()).where(t.c.experiment_id == exp_id, t.c.interval == 0, t.c.attempts > 0)
+    ).scalar_one()
+    return failed_first >= cfg.population
+
+
+def fail_experiment(conn: Connection, exp_id: int, why: str, now: float) -> None:
+    """Mark the experiment failed (nothing is claimed from it any more), saying why."""
+    conn.execute(
+        update(s.experiments)
+        .where(s.experiments.c.id == exp_id)
+        .values(status=ExperimentStatus.FAILED, version=s.experiments.c.version + 1)
+    )
+    record_event(conn, exp_id, -1, -1, "run_failed", why, None, now)
+
+
+def _db_now(conn: Connection) -> float:
+    return conn.execute(select(s.db_now())).scalar_one()
 
 
 def add_task(
@@ -268,8 +301,17 @@ def add_task(
 
 
 def record_event(
-    conn: Connection, exp_id: int, member: int, interval: int, kind: str, message: str, worker: str | None, now: float
+    conn: Connection,
+    exp_id: int,
+    member: int,
+    interval: int,
+    kind: str,
+    message: str,
+    worker: str | None,
+    now: float,
+    detail: str | None = None,
 ) -> None:
+    """One line of what happened (member and interval -1: the experiment as a whole)."""
     conn.execute(
         insert(s.events).values(
             experiment_id=exp_id,
@@ -277,6 +319,7 @@ def record_event(
             interval=interval,
             kind=kind,
             message=message,
+            detail=detail,
             worker=worker,
             created_at=now,
         )

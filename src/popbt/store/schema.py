@@ -6,6 +6,8 @@ leases never depend on a worker's clock being right.
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import (
     JSON,
     Column,
@@ -19,6 +21,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    select,
+    update,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
@@ -39,6 +43,9 @@ experiments = Table(
     Column("name", String(64), nullable=False, unique=True),
     Column("config", JSON, nullable=False),
     Column("status", String(16), nullable=False),  # ExperimentStatus
+    # random at creation: checkpoint file names carry it, so a sweep touches only this
+    # database's and this experiment's files, whoever else shares the directory
+    Column("uid", String(32), nullable=True),
     Column("checkpoint_dir", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     # bumped by every change a decision depends on: a plan made from an older snapshot is refused
@@ -76,6 +83,7 @@ tasks = Table(
     Column("worker", Text, nullable=True),
     Column("device", Text, nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
+    Column("retry_at", Float, nullable=True),  # a failed attempt is retried from then on (backoff)
     Column("replacements", Integer, nullable=False, default=0),
     Column("score", Float, nullable=True),  # NULL once done: evaluate() returned NaN or an infinity
     Column("metrics", JSON, nullable=True),
@@ -114,9 +122,27 @@ events = Table(
     Column("interval", Integer, nullable=False),
     Column("kind", String(32), nullable=False),
     Column("message", Text, nullable=False),
+    Column("detail", Text, nullable=True),  # the full traceback of a failure in user code
     Column("worker", Text, nullable=True),
     Column("created_at", Float, nullable=False),
 )
+
+
+def upgrade(conn, version: int) -> None:
+    """Bring a database written by an older popbt (schema ``version``) to this one, in place;
+    its experiments resume as they are."""
+    if version < 2:  # 0.1: the population's version
+        conn.exec_driver_sql("ALTER TABLE popbt_experiments ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+    if version < 3:  # identities of checkpoint files, retry backoff, tracebacks
+        conn.exec_driver_sql("ALTER TABLE popbt_experiments ADD COLUMN uid VARCHAR(32)")
+        conn.exec_driver_sql("ALTER TABLE popbt_tasks ADD COLUMN retry_at FLOAT")
+        conn.exec_driver_sql("ALTER TABLE popbt_events ADD COLUMN detail TEXT")
+        for (exp_id,) in conn.execute(select(experiments.c.id)).all():
+            conn.execute(update(experiments).where(experiments.c.id == exp_id).values(uid=new_uid()))
+
+
+def new_uid() -> str:
+    return uuid.uuid4().hex
 
 
 class db_now(FunctionElement):

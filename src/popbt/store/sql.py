@@ -1,27 +1,26 @@
 """The Store on SQLAlchemy Core: one implementation for sqlite and PostgreSQL.
 
-sqlite: an autocommit DBAPI connection with an explicit ``BEGIN IMMEDIATE`` per
-transaction (so a claim's read and write are one serialised step), WAL and a busy
-timeout. PostgreSQL: ``FOR UPDATE SKIP LOCKED`` makes concurrent claims skip each other's
-rows instead of waiting. Everything else is the same SQL.
+How transactions run (locks, retries, timeouts, the sqlite file's watch) is ``engine``'s
+business; the SQL of a decision (snapshot, apply, garbage) is ``population``'s. This module
+is the queue: experiments, claims, leases, reports, failures, and the reads.
 """
 
 from __future__ import annotations
 
 import math
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, create_engine, event, func, insert, or_, select, update
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from .. import plan as planning
 from .. import strategy
-from ..experiment import ConfigError, ExperimentConfig
+from ..config import ExperimentConfig
+from ..errors import ConfigError, NotFound, StoreError
 from ..plan import Hook, Snapshot
 from . import population as pop
 from . import schema as s
@@ -39,79 +38,21 @@ from .base import (
     ExperimentStatus,
     Exploit,
     LeaseLost,
-    NotFound,
     Outcome,
     Progress,
-    Rejected,
     Result,
     Row,
     Store,
-    StoreError,
     Task,
 )
+from .engine import Database, mask_url
 
 T = TypeVar("T")
 
 REPLANS = 5  # plans refused because the population moved, before leaving it to the next change
+MAX_RETRY_DELAY = 60.0  # seconds: the longest wait before a failed interval is retried
 
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for logs and errors."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<malformed URL>"
-
-
-# A dropped network must surface as an error within seconds, not hang on TCP retransmits:
-# the worker then retries, and gives up (stops taking work) once its lease has run out.
-PG_CONNECT = {
-    "connect_timeout": 5,
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 2,
-    "tcp_user_timeout": 8000,
-}
-
-
-def _engine(url: str) -> Engine:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise StoreError(f"storage URL {url!r} is malformed (expected e.g. sqlite:///popbt.db)") from None
-    if parsed.drivername == "postgresql":  # psycopg 3, not SQLAlchemy's default psycopg2
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    backend = parsed.get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
-        raise StoreError(f"storage {mask_url(url)}: only sqlite and postgresql are supported")
-    if backend == "sqlite":
-        return _sqlite_engine(parsed)
-    try:
-        return create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args=PG_CONNECT)
-    except Exception as e:
-        raise StoreError(f"storage {mask_url(url)}: {e}") from None
-
-
-def _sqlite_engine(url) -> Engine:
-    engine = create_engine(url, connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn):
-        # a writer takes sqlite's write lock at once, so its reads and writes are one step;
-        # a reader only pins a snapshot (WAL) and never blocks anyone
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("popbt_read") else "BEGIN IMMEDIATE")
-
-    return engine
+__all__ = ["SQLStore", "mask_url"]
 
 
 class SQLStore(Store):
@@ -119,42 +60,30 @@ class SQLStore(Store):
 
     def __init__(self, url: str, patience: float = 30.0) -> None:
         self.url = url
-        self.engine = _engine(url)
-        self.dialect = self.engine.dialect.name
-        self.patience = patience
+        self.db = Database(url, patience)
+        self.engine = self.db.engine
+        self.dialect = self.db.dialect
         self._configs: dict[int, ExperimentConfig] = {}
         # A database that cannot be opened at all is most often a wrong URL: say so within
         # seconds; the full patience is for connections lost while a run is going on.
-        self.patience = min(5.0, patience)
+        self.db.patience = min(5.0, patience)
         self._run(self._ensure_schema)
-        self.patience = patience
+        self.db.patience = patience
+
+    @property
+    def patience(self) -> float:
+        """Seconds a transaction is retried while the database is unreachable (a worker sets
+        its lease: past it, its work belongs to others)."""
+        return self.db.patience
+
+    @patience.setter
+    def patience(self, seconds: float) -> None:
+        self.db.patience = seconds
 
     # -- plumbing -------------------------------------------------------------------
 
     def _run(self, fn: Callable[[Connection], T], read: bool = False) -> T:
-        """Run ``fn`` in one transaction; retry a lost connection or a locked database with
-        bounded backoff for up to ``patience`` seconds, then give up with StoreError.
-        ``read``: ``fn`` only reads, so on sqlite it takes no write lock.
-
-        A retried transaction is safe: each one is a compare-and-set, so one that committed
-        before its connection dropped is refused (LeaseLost) rather than applied twice.
-        """
-        deadline = time.monotonic() + self.patience
-        delay = 0.1
-        while True:
-            try:
-                with self.engine.connect() as conn:
-                    if read:
-                        conn.execution_options(popbt_read=True)
-                    with conn.begin():
-                        return fn(conn)
-            except DataError as e:
-                raise Rejected(f"the database refused the data: {_first_line(e)}") from None
-            except OperationalError as e:
-                if time.monotonic() + delay > deadline:
-                    raise StoreError(f"storage {mask_url(self.url)}: {_first_line(e)}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return self.db.run(fn, read)
 
     def _ensure_schema(self, conn: Connection) -> None:
         if self.dialect == "postgresql":
@@ -163,17 +92,18 @@ class SQLStore(Store):
         row = conn.execute(select(s.meta.c.value).where(s.meta.c.key == "schema_version")).first()
         if row is None:
             conn.execute(insert(s.meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
-        elif row.value == "1":  # 0.1: add the population's version; its experiments resume as they are
-            conn.exec_driver_sql("ALTER TABLE popbt_experiments ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
-            conn.execute(update(s.meta).where(s.meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
-        elif row.value != str(SCHEMA_VERSION):
+            return
+        if not row.value.isdigit() or not 1 <= int(row.value) <= SCHEMA_VERSION:
             raise StoreError(
                 f"database {mask_url(self.url)} has popbt schema version {row.value}; "
                 f"this popbt uses version {SCHEMA_VERSION}"
             )
+        if int(row.value) < SCHEMA_VERSION:  # an older popbt's database: upgraded in place
+            s.upgrade(conn, int(row.value))
+            conn.execute(update(s.meta).where(s.meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.db.dispose()
 
     def config(self, experiment_id: int) -> ExperimentConfig:
         if experiment_id not in self._configs:
@@ -200,6 +130,7 @@ class SQLStore(Store):
                         status=ExperimentStatus.RUNNING,
                         checkpoint_dir=checkpoint_dir,
                         created_at=now,
+                        uid=s.new_uid(),
                     )
                     .returning(s.experiments.c.id)
                 ).scalar_one()
@@ -247,10 +178,16 @@ class SQLStore(Store):
 
         def tx(conn: Connection) -> Task | None:
             now = _now(conn)
-            claimable = or_(t.c.state == PENDING, and_(t.c.state == RUNNING, t.c.lease_expires < now))
+            due = or_(t.c.retry_at.is_(None), t.c.retry_at <= now)  # a failed attempt's backoff is over
+            claimable = or_(and_(t.c.state == PENDING, due), and_(t.c.state == RUNNING, t.c.lease_expires < now))
+            running = (
+                select(s.experiments.c.id)
+                .where(s.experiments.c.id == experiment_id, s.experiments.c.status == ExperimentStatus.RUNNING)
+                .exists()
+            )
             cand = conn.execute(
                 select(t.c.id, t.c.state, t.c.worker, t.c.member, t.c.interval)
-                .where(t.c.experiment_id == experiment_id, claimable)
+                .where(t.c.experiment_id == experiment_id, claimable, running)
                 .order_by(t.c.interval, t.c.member)
                 .limit(1)
                 .with_for_update(skip_locked=True)
@@ -300,6 +237,7 @@ class SQLStore(Store):
                 token,
                 claimed.attempts,
                 claimed.replacements,
+                worker,
             )
 
         return self._run(tx)
@@ -315,11 +253,15 @@ class SQLStore(Store):
 
         return self._run(tx)
 
-    def release(self, task: Task) -> bool:
+    def release(self, task: Task, reason: str | None = None) -> bool:
         def tx(conn: Connection) -> bool:
             res = conn.execute(
                 update(s.tasks).where(*_fence(task)).values(state=PENDING, lease_token=None, lease_expires=None)
             )
+            if res.rowcount == 1 and reason:
+                pop.record_event(
+                    conn, task.experiment_id, task.member, task.interval, "released", reason, None, _now(conn)
+                )
             return res.rowcount == 1
 
         return self._run(tx)
@@ -374,7 +316,7 @@ class SQLStore(Store):
             snapshot = pop.read_snapshot(conn, cfg, task.experiment_id)
             # with decisions to take, the plan's transaction collects the garbage once for both
             garbage = [] if snapshot.waiting else pop.collect_garbage(conn, cfg, task.experiment_id)
-            return snapshot, garbage, nxt >= cfg.intervals and pop.maybe_finish(conn, task.experiment_id)
+            return snapshot, garbage, nxt >= cfg.intervals and pop.maybe_finish(conn, cfg, task.experiment_id)
 
         try:
             snapshot, garbage, finished = self._run(tx)
@@ -383,13 +325,15 @@ class SQLStore(Store):
             return replace(settled, finished=self.progress(task.experiment_id).finished)
         return self._settle(task.experiment_id, snapshot, explore, finished, garbage, [(task.member, nxt)])
 
-    def fail(self, task: Task, message: str, explore: Hook | None = None) -> Outcome:
-        """Retry the task, or once it failed ``max_attempts`` times (or starts from a corrupt
-        checkpoint), let it wait for a replacement, decided like any other plan."""
+    def fail(self, task: Task, message: str, explore: Hook | None = None, detail: str | None = None) -> Outcome:
+        """Retry the task after a delay that doubles with each attempt, or once it failed
+        ``max_attempts`` times (or starts from a corrupt checkpoint), let it wait for a
+        replacement, decided like any other plan. When every member has failed its first
+        interval and nothing ever succeeded, the experiment is marked failed."""
         cfg = self.config(task.experiment_id)
         t = s.tasks
 
-        def tx(conn: Connection) -> tuple[Snapshot | None, list[str], bool]:
+        def tx(conn: Connection) -> tuple[Snapshot | None, bool]:
             now = _now(conn)
             row = conn.execute(
                 update(t)
@@ -401,6 +345,7 @@ class SQLStore(Store):
                     error=message,
                     attempts=t.c.attempts + 1,
                     finished_at=now,
+                    retry_at=now + retry_delay(cfg.retry_delay, task.attempts + 1),
                 )
                 .returning(t.c.attempts)
             ).first()
@@ -413,19 +358,83 @@ class SQLStore(Store):
                 task.interval,
                 "failure",
                 f"attempt {row.attempts}/{cfg.max_attempts}: {message}",
-                None,
+                task.worker,
                 now,
+                detail,
             )
+            if task.interval == 0 and pop.hopeless(conn, cfg, task.experiment_id):
+                pop.fail_experiment(
+                    conn, task.experiment_id, f"every member failed its first interval; first error: {message}", now
+                )
+                return None, True
             if row.attempts < cfg.max_attempts and not _starts_from_corrupt(conn, task):
-                return None, [], False  # a plain retry, with a fresh seed: no decision depends on it
+                return None, False  # a plain retry, with a fresh seed: no decision depends on it
             pop.bump(conn, task.experiment_id)
             conn.execute(update(t).where(t.c.id == task.id).values(state=WAITING))
-            return pop.read_snapshot(conn, cfg, task.experiment_id), [], False
+            return pop.read_snapshot(conn, cfg, task.experiment_id), False
 
-        snapshot, garbage, finished = self._run(tx)
+        snapshot, over = self._run(tx)
         if snapshot is None:
-            return Outcome(False)
-        return self._settle(task.experiment_id, snapshot, explore, finished, garbage, [(task.member, task.interval)])
+            return Outcome(over)
+        return self._settle(task.experiment_id, snapshot, explore, False, [], [(task.member, task.interval)])
+
+    def absolve(self, experiment_id: int, charged: list[tuple[int, int]], worker: str, reason: str) -> int:
+        t = s.tasks
+
+        def tx(conn: Connection) -> int:
+            back = 0
+            for task_id, attempts in charged:
+                # still as that failure left it: pending for a retry, or waiting for a replacement
+                res = conn.execute(
+                    update(t)
+                    .where(t.c.id == task_id, t.c.attempts == attempts, t.c.state.in_((PENDING, WAITING)))
+                    .values(state=PENDING, attempts=attempts - 1, retry_at=None)
+                )
+                back += res.rowcount
+            if back:
+                pop.bump(conn, experiment_id)  # a task waiting for its replacement may be claimable again
+            pop.record_event(conn, experiment_id, -1, -1, "worker_fault", reason, worker, _now(conn))
+            return back
+
+        return self._run(tx)
+
+    def reopen(self, experiment_id: int) -> None:
+        t = s.tasks
+
+        def tx(conn: Connection) -> None:
+            any_done = conn.execute(
+                select(t.c.id).where(t.c.experiment_id == experiment_id, t.c.state == DONE).limit(1)
+            ).first()
+            if any_done is not None:
+                raise ConfigError("it failed after some members had results: start a new experiment (--name)")
+            conn.execute(
+                update(t)
+                .where(t.c.experiment_id == experiment_id, t.c.interval == 0, t.c.state.in_((PENDING, WAITING)))
+                .values(state=PENDING, attempts=0, retry_at=None)
+            )
+            e = s.experiments
+            conn.execute(
+                update(e)
+                .where(e.c.id == experiment_id)
+                .values(status=ExperimentStatus.RUNNING, version=e.c.version + 1)
+            )
+            pop.record_event(
+                conn, experiment_id, -1, -1, "resumed", "failed experiment resumed from its start", None, _now(conn)
+            )
+
+        self._run(tx)
+
+    def set_spec(self, experiment_id: int, ref: str, digest: str | None, worker: str) -> None:
+        def tx(conn: Connection) -> None:
+            e = s.experiments
+            stored = conn.execute(select(e.c.config).where(e.c.id == experiment_id)).scalar_one()
+            config = dict(stored, spec=ref, spec_digest=digest)
+            conn.execute(update(e).where(e.c.id == experiment_id).values(config=config))
+            message = f"the spec changed: now {ref} (sha256 {str(digest)[:12]}), allowed by --allow-spec-change"
+            pop.record_event(conn, experiment_id, -1, -1, "spec_changed", message, worker, _now(conn))
+
+        self._run(tx)
+        self._configs.pop(experiment_id, None)
 
     def settle(self, experiment_id: int, explore: Hook | None = None) -> Outcome:
         """Decide every waiting task that can be decided now. Reports and failures do this
@@ -470,7 +479,7 @@ class SQLStore(Store):
         if not pop.apply(conn, exp_id, plan, _now(conn)):
             return None
         gave_up = any(d.give_up for d in plan.decisions)
-        return pop.collect_garbage(conn, cfg, exp_id), gave_up and pop.maybe_finish(conn, exp_id)
+        return pop.collect_garbage(conn, cfg, exp_id), gave_up and pop.maybe_finish(conn, cfg, exp_id)
 
     def mark_corrupt(self, checkpoint: Checkpoint, message: str) -> None:
         def tx(conn: Connection) -> None:
@@ -517,6 +526,7 @@ class SQLStore(Store):
                 best.member if best else None,
                 best.score if best else None,
                 status == ExperimentStatus.FINISHED,
+                status,
             )
 
         return self._run(tx, read=True)
@@ -563,15 +573,15 @@ class SQLStore(Store):
             for r in rows
         ]
 
-    def events(self, experiment_id: int, limit: int = 20) -> list[Event]:
+    def events(self, experiment_id: int, limit: int = 20, kinds: tuple[str, ...] = ()) -> list[Event]:
         e = s.events
-        rows = self._run(
-            lambda conn: conn.execute(
-                select(e).where(e.c.experiment_id == experiment_id).order_by(e.c.id.desc()).limit(limit)
-            ).all(),
-            read=True,
-        )
-        return [Event(r.member, r.interval, r.kind, r.message, r.created_at) for r in reversed(rows)]
+        query = select(e).where(e.c.experiment_id == experiment_id)
+        if kinds:
+            query = query.where(e.c.kind.in_(kinds))
+        rows = self._run(lambda conn: conn.execute(query.order_by(e.c.id.desc()).limit(limit)).all(), read=True)
+        return [
+            Event(r.member, r.interval, r.kind, r.message, r.created_at, r.detail, r.worker) for r in reversed(rows)
+        ]
 
     def exploits(self, experiment_id: int) -> list[Exploit]:
         x = s.exploits
@@ -619,6 +629,11 @@ class SQLStore(Store):
 # -- helpers over a connection ---------------------------------------------------------
 
 
+def retry_delay(base: float, attempts: int) -> float:
+    """Seconds before attempt ``attempts + 1``: ``base`` doubled at each failed attempt."""
+    return min(MAX_RETRY_DELAY, base * 2 ** max(0, attempts - 1)) if base > 0 else 0.0
+
+
 class _AlreadyReported(Exception):
     """A retried report whose first attempt committed before its connection dropped."""
 
@@ -661,9 +676,11 @@ def _checkpoint(conn: Connection, checkpoint_id: int | None) -> Checkpoint | Non
 
 def _experiment(row: Any) -> Experiment:
     return Experiment(
-        row.id, row.name, ExperimentConfig.from_json(row.config), row.status, row.created_at, row.checkpoint_dir
+        row.id,
+        row.name,
+        ExperimentConfig.from_json(row.config),
+        row.status,
+        row.created_at,
+        row.checkpoint_dir,
+        row.uid or "",
     )
-
-
-def _first_line(e: SQLAlchemyError) -> str:
-    return str(getattr(e, "orig", e) or e).strip().splitlines()[0]

@@ -1,0 +1,241 @@
+"""Connections and transactions, for sqlite and PostgreSQL: how popbt talks to a database.
+
+sqlite: an autocommit DBAPI connection with an explicit ``BEGIN IMMEDIATE`` per write
+transaction (so a claim's read and write are one serialised step), WAL and a busy timeout;
+the file is watched, so that one deleted or replaced while in use stops the run loudly
+instead of writing the history into a file nobody can open any more.
+
+PostgreSQL: every transaction bounds how long it may wait for a lock and how long the server
+keeps it open while the client says nothing (``lock_timeout``,
+``idle_in_transaction_session_timeout``), set with ``set_config(..., true)`` inside the
+transaction, so nothing relies on session state (PgBouncer in transaction pooling works). A
+host that drops off the network in the middle of a report therefore holds the experiment's
+lock for seconds, not for the two hours of the server's default TCP keepalive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DataError, OperationalError, SQLAlchemyError
+
+from ..errors import StoreError
+from .base import Rejected
+
+T = TypeVar("T")
+
+SECRET_KEYS = ("password", "passwd", "pwd", "sslpassword")
+
+# A dropped network must surface as an error within seconds, not hang on TCP retransmits:
+# the worker then retries, and gives up (stops taking work) once its lease has run out.
+PG_CONNECT = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 8000,
+}
+# The server's side of the same: it notices a client that vanished while idle between
+# transactions (its connection slot is freed within ~20 s instead of ~2 h). Best effort: a
+# pooler may hand this setting to another connection of the pool, which is harmless.
+PG_SESSION = "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3"
+
+
+def mask_url(url: str) -> str:
+    """The URL with every password (``user:pw@`` or ``?password=``) replaced by ***."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return _mask_text(url)
+    query = {k: ("***" if k.lower() in SECRET_KEYS else v) for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True)
+
+
+def _mask_text(text: str) -> str:
+    """Masking for a URL that does not parse: anything between ``:`` and ``@`` after the
+    scheme, and any ``password=...`` parameter."""
+    text = re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", str(text))
+    return re.sub(rf"(?i)\b({'|'.join(SECRET_KEYS)})=[^&\s]*", r"\1=***", text)
+
+
+def secrets_of(url: str | None) -> list[str]:
+    """The passwords a URL carries, for redacting them from any text (logs, errors)."""
+    if not url:
+        return []
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return []
+    found = [parsed.password] if parsed.password else []
+    found += [v for k, v in parsed.query.items() if k.lower() in SECRET_KEYS and isinstance(v, str) and v]
+    return [str(s) for s in found if s]
+
+
+def sqlite_url(path: str | os.PathLike) -> str:
+    """The URL of a sqlite file, with '?', '%' and '#' in the path escaped."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
+
+
+class Database:
+    """One engine and the way every transaction runs on it (``run``)."""
+
+    def __init__(self, url: str, patience: float = 30.0) -> None:
+        self.url = url
+        self.patience = patience
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise StoreError(f"storage URL {mask_url(url)!r} is malformed (expected e.g. sqlite:///popbt.db)") from None
+        if parsed.drivername == "postgresql":  # psycopg 3, not SQLAlchemy's default psycopg2
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        backend = parsed.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise StoreError(f"storage {mask_url(url)}: only sqlite and postgresql are supported")
+        self.dialect = backend
+        self.file: Path | None = None
+        self._identity: tuple[int, int] | None = None
+        if backend == "sqlite":
+            self.engine = self._sqlite_engine(parsed)
+            database = parsed.database
+            if database and database != ":memory:" and not database.startswith("file:"):
+                self.file = Path(database).absolute()
+        else:
+            try:
+                self.engine = create_engine(parsed, pool_size=2, connect_args=PG_CONNECT)
+            except Exception as e:
+                raise StoreError(f"storage {mask_url(url)}: {e}") from None
+            event.listen(self.engine, "connect", _pg_session)
+            event.listen(self.engine, "begin", self._pg_begin)
+
+    # -- engines
+
+    @staticmethod
+    def _sqlite_engine(url) -> Engine:
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):
+            # a writer takes sqlite's write lock at once, so its reads and writes are one step;
+            # a reader only pins a snapshot (WAL) and never blocks anyone
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("popbt_read") else "BEGIN IMMEDIATE")
+
+        return engine
+
+    def _pg_begin(self, conn: Connection) -> None:
+        """Bound this transaction's lock waits and idle time on the server (see the module)."""
+        ms = str(int(self.transaction_timeout() * 1000))
+        conn.exec_driver_sql(
+            "SELECT set_config('lock_timeout', %(ms)s, true), "
+            "set_config('idle_in_transaction_session_timeout', %(ms)s, true)",
+            {"ms": ms},
+        )
+
+    def transaction_timeout(self) -> float:
+        """Seconds a transaction may wait for a lock, or stay open with its client silent: half
+        the patience (a worker's lease), within [2, 30], so a lost host costs under a lease."""
+        return min(30.0, max(2.0, self.patience / 2))
+
+    # -- transactions
+
+    def run(self, fn: Callable[[Connection], T], read: bool = False) -> T:
+        """Run ``fn`` in one transaction; retry a lost connection or a locked database with
+        bounded backoff for up to ``patience`` seconds, then give up with StoreError.
+        ``read``: ``fn`` only reads, so on sqlite it takes no write lock.
+
+        A retried transaction is safe: each one is a compare-and-set, so one that committed
+        before its connection dropped is refused (LeaseLost) rather than applied twice.
+        """
+        deadline = time.monotonic() + self.patience
+        delay = 0.1
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    if read:
+                        conn.execution_options(popbt_read=True)
+                    with conn.begin():
+                        self._check_file(conn)
+                        return fn(conn)
+            except DataError as e:
+                raise Rejected(f"the database refused the data: {first_line(e)}") from None
+            except OperationalError as e:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(f"storage {mask_url(self.url)}: {first_line(e)}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _check_file(self, conn: Connection) -> None:
+        """A sqlite file deleted or replaced while in use: stop, after saving a copy of what
+        this connection still sees (it reads the deleted file through its open descriptor)."""
+        if self.file is None:
+            return
+        try:
+            st = os.stat(self.file)
+            identity = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            identity = None
+        if self._identity is None and identity is not None:
+            self._identity = identity
+            return
+        if identity == self._identity:
+            return
+        copy = self._salvage(conn)
+        what = "deleted" if identity is None else "replaced by another file"
+        saved = f"; the history this process could still read is saved in {copy}" if copy else ""
+        raise StoreError(f"database file {self.file} was {what} while in use: popbt stops here{saved}")
+
+    def _salvage(self, conn: Connection) -> Path | None:
+        """Copy the database this connection still has open next to where it was, once."""
+        target = self.file.with_name(self.file.name + ".salvaged")
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return target
+        except OSError:
+            return None
+        os.close(fd)
+        try:
+            raw = conn.connection.driver_connection
+            dest = sqlite3.connect(target)
+            try:
+                raw.backup(dest)
+            finally:
+                dest.close()
+        except Exception:
+            return None
+        return target
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _pg_session(dbapi_conn, _record) -> None:
+    try:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(PG_SESSION)
+        dbapi_conn.commit()
+    except Exception:  # best effort (see PG_SESSION)
+        dbapi_conn.rollback()
+
+
+def first_line(e: SQLAlchemyError) -> str:
+    return str(getattr(e, "orig", e) or e).strip().splitlines()[0]
