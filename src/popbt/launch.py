@@ -27,7 +27,8 @@ from rich.console import Console
 from . import analysis, checkpoints, devices, live
 from .config import SETTINGS, TUNABLE, check_name, check_resume
 from .errors import ConfigError, Interrupted, RunFailed
-from .places import DEFAULT_DIR, Place, place
+from .history import require_database
+from .places import DEFAULT_DIR, Place, locate, place
 from .spec import PICKLED, Spec, load_spec, write_pickled
 from .store import IN_DATABASE, RUNNING, Experiment, NotFound, SQLStore, mask_url, open_store
 from .worker import Worker, WorkerStats, check_spec
@@ -448,7 +449,8 @@ def work(
     worker cannot work here), RunFailed (the experiment failed), Interrupted (SIGINT/SIGTERM)."""
     loaded = load_spec(spec)
     devices.check_device(device)
-    where = place(dir, storage, create=False)
+    where = locate(dir, storage)
+    require_database(where.storage, experiment)  # a worker joins an experiment: it never creates a database
     store = open_store(where.storage)
     try:
         exp = store.experiment(experiment)

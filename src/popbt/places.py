@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from .errors import ConfigError
 from .store import StoreError, mask_url
+from .store.engine import sqlite_url
 
 DEFAULT_DIR = "popbt-runs"
 
@@ -34,20 +35,20 @@ def locate(dir: str | os.PathLike | None = None, storage: str | None = None) -> 
     without creating anything: what a reader needs."""
     root = Path(dir or os.environ.get("POPBT_DIR") or DEFAULT_DIR).absolute()
     url = storage or os.environ.get("POPBT_STORAGE")
-    return Place(root, url or f"sqlite:///{root / 'popbt.db'}")
+    return Place(root, url or sqlite_url(root / "popbt.db"))
 
 
-def place(dir: str | os.PathLike | None = None, storage: str | None = None, create: bool = True) -> Place:
-    """Resolve the place as ``locate`` does, then make sure a writer can use it: the run
+def place(dir: str | os.PathLike | None = None, storage: str | None = None) -> Place:
+    """Resolve the place as ``locate`` does, then make sure ``popbt run`` can use it: the run
     directory is created when the database goes in it, and probed (left as it was) when only
-    checkpoints and logs will (``create``)."""
+    checkpoints and logs will."""
     where = locate(dir, storage)
     url = storage or os.environ.get("POPBT_STORAGE")
     if url is not None:
         check_sqlite_path(url)  # before anything is written
     if url is None:  # the database goes in it
         _make_dir(where.dir)
-    elif create:  # checkpoints and logs will: make sure it can be, but leave nothing behind yet
+    else:  # checkpoints and logs will: make sure it can be, but leave nothing behind yet
         _make_dir(where.dir, probe=True)
     return where
 
