@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -162,4 +163,59 @@ def test_cutting_a_hosts_link_mid_run_hands_its_work_to_the_other_host(server, t
     assert len({r.worker for r in rows}) == 2  # both hosts trained
     live = store.live_checkpoints(exp.id)
     assert len(live) == 6 and all(len(store.checkpoint_data(c)) == c.size for c in live)
+    store.close()
+
+
+# Host a's side of a report: take the experiment's row lock the way a report does, say so, and
+# hang there as a host that drops off the network mid-transaction would.
+HOLD_LOCK = r"""
+import sys, time
+from popbt.store import open_store
+from popbt.store import population as pop
+store = open_store(sys.argv[1])
+store.patience = float(sys.argv[3])  # a worker's patience is its lease
+def hold(conn):
+    pop.bump(conn, int(sys.argv[2]))
+    print("locked", flush=True)
+    time.sleep(3600)
+store._run(hold)
+"""
+
+
+def test_a_host_lost_inside_a_report_holds_the_experiment_for_seconds_not_hours(server, tmp_path):
+    lease = "6"
+    env = {**os.environ, "POPBT_TEST_LEASE": lease}
+    args = ("--population", "4", "--intervals", "3", "--checkpoints", "db", "--storage", server["a"])
+    created = run_popbt("run", QUAD, "--workers", "0", *args, "--dir", str(tmp_path), env=env)
+    assert created.returncode == 0, created.stderr
+    store = open_store(server["b"])
+    exp = store.experiment("quad")
+    ns_a, ns_b = HOSTS["a"][0], HOSTS["b"][0]
+    holder = subprocess.Popen(
+        on_host(ns_a, sys.executable, "-c", HOLD_LOCK, server["a"], str(exp.id), lease),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked", holder.stdout.read()
+        sh("ip", "link", "set", f"{ns_a[-1]}-root", "down")  # host a is gone, its transaction still open
+        host_b = subprocess.Popen(
+            on_host(ns_b, *popbt_cmd("worker", QUAD, "--storage", server["b"])),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        # Without bounds on a silent transaction, every report of host b waits on host a's lock
+        # until the server's TCP keepalive gives up on it: about two hours.
+        out, _ = host_b.communicate(timeout=150)
+        assert host_b.returncode == 0, out
+    finally:
+        holder.kill()
+        holder.wait()
+    exp = store.experiment("quad")
+    assert exp.status == "finished"
+    done = sorted((r.member, r.interval) for r in store.history(exp.id) if r.state == "done")
+    assert done == [(m, k) for m in range(4) for k in range(3)]
     store.close()

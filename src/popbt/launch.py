@@ -26,7 +26,7 @@ from rich.console import Console
 
 from . import analysis, checkpoints, devices, live
 from .config import SETTINGS, TUNABLE, check_name, check_resume
-from .errors import ConfigError, Interrupted, RunFailed
+from .errors import ConfigError, Interrupted, RunFailed, StoreError
 from .history import require_database
 from .places import DEFAULT_DIR, Place, locate, place
 from .spec import PICKLED, Spec, load_spec, write_pickled
@@ -165,12 +165,20 @@ def _train(
                 signal.signal(signum, signal.SIG_IGN)
             stop_workers(procs)
             counts = store.progress(exp.id)
+            if follower is not None:
+                follower(store, final=True)
             console.print(
                 f"\npopbt: stopped with {counts.done}/{counts.total} intervals done; "
                 "run the same command again to resume.",
                 highlight=False,
             )
             raise e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT) from None
+        except StoreError as e:  # e.g. the database file deleted: the workers stop too
+            stop_workers(procs)
+            salvaged = store.db.salvaged()
+            if salvaged is not None and str(salvaged) not in str(e):
+                raise StoreError(f"{e}; the history up to then is saved in {salvaged}") from None
+            raise
         codes = [p.wait() for p in procs]
     stopped = tuple(_why_stopped(logs, i, code) for i, code in enumerate(codes) if code != 0)
     current = store.experiment_by_id(exp.id)

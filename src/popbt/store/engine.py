@@ -173,7 +173,7 @@ class Database:
                     if read:
                         conn.execution_options(popbt_read=True)
                     with conn.begin():
-                        self._check_file(conn)
+                        self._check_file(conn, write=not read)
                         return fn(conn)
             except DataError as e:
                 raise Rejected(f"the database refused the data: {first_line(e)}") from None
@@ -183,9 +183,10 @@ class Database:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _check_file(self, conn: Connection) -> None:
-        """A sqlite file deleted or replaced while in use: stop, after saving a copy of what
-        this connection still sees (it reads the deleted file through its open descriptor)."""
+    def _check_file(self, conn: Connection, write: bool) -> None:
+        """A sqlite file deleted or replaced while in use: stop. A writer first saves a copy of
+        what its connection still sees (it reads the deleted file through its open descriptor):
+        it holds the write lock, so no commit can land after the copy; a reader only raises."""
         if self.file is None:
             return
         try:
@@ -198,10 +199,17 @@ class Database:
             return
         if identity == self._identity:
             return
-        copy = self._salvage(conn)
+        copy = self._salvage(conn) if write else self.salvaged()
         what = "deleted" if identity is None else "replaced by another file"
         saved = f"; the history this process could still read is saved in {copy}" if copy else ""
         raise StoreError(f"database file {self.file} was {what} while in use: popbt stops here{saved}")
+
+    def salvaged(self) -> Path | None:
+        """The copy a writer saved when it found the database file deleted, if any."""
+        if self.file is None:
+            return None
+        target = self.file.with_name(self.file.name + ".salvaged")
+        return target if target.exists() else None
 
     def _salvage(self, conn: Connection) -> Path | None:
         """Copy the database this connection still has open next to where it was, once."""
