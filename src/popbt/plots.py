@@ -1,9 +1,10 @@
 """``popbt plot``: the figures that show what PBT did, drawn with matplotlib (Agg).
 
 Only this module imports matplotlib, and nothing in the core imports this module, so
-popbt runs on machines without it. The data each figure shows comes from ``plotdata``;
-the functions here only draw. Figures are built on ``matplotlib.figure.Figure`` directly
-(no pyplot), so plotting never touches a user's global backend or open windows.
+popbt runs on machines without it. The data each figure shows comes from ``plotdata``
+(positions, category ticks, integer ticks, styles); the functions here only draw. Figures
+are built on ``matplotlib.figure.Figure`` directly (no pyplot), so plotting never touches
+a user's global backend or open windows.
 """
 
 from __future__ import annotations
@@ -12,18 +13,23 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .errors import ConfigError
 from .history import read, read_many, run_dir
 from .plotdata import (
+    Axis,
     CompareData,
     HparamsData,
     LineageData,
     ScheduleData,
     ScoresData,
+    better_word,
     compare_data,
     hparams_data,
     lineage_data,
@@ -37,6 +43,7 @@ GREY = "0.62"
 EXPLOIT = "#f4a259"  # the orange of exploit arrows
 DPI = 110
 FIGURES = ("scores.png", "hyperparameters.png", "schedule.png", "lineage.png")
+JITTER = 0.18  # how far dots on a category axis spread around their option, so they do not stack
 
 
 def plot(
@@ -92,6 +99,26 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def _axis(ax, axis: Axis, which: str, label: bool = True) -> None:
+    """Put ``axis`` (scale, category or integer ticks, label) on the x or y axis of ``ax``."""
+    target = ax.xaxis if which == "x" else ax.yaxis
+    if axis.scale == "log":
+        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    if axis.ticks is not None:
+        target.set_ticks(list(axis.ticks), labels=list(axis.labels) if axis.labels else None)
+    if axis.scale == "category":
+        (ax.set_xlim if which == "x" else ax.set_ylim)(-0.5, len(axis.ticks) - 0.5)
+    if label:
+        target.set_label_text(axis.label)
+
+
+def _spread(values: Sequence[float], axis: Axis) -> list[float]:
+    """Dots on a category axis spread evenly (and reproducibly) around their option."""
+    if axis.scale != "category":
+        return list(values)
+    return [v + JITTER * (2 * ((i * 0.618034) % 1.0) - 1) for i, v in enumerate(values)]
 
 
 # -- the figures ----------------------------------------------------------------------
@@ -154,64 +181,84 @@ def draw_scores(data: ScoresData, path: Path) -> Path:
                 fontsize=8,
             )
     ax.margins(y=0.08)  # room for the exploit labels
+    ax.set_xticks(data.xticks)
     ax.set_xlabel("interval")
     ax.set_ylabel(data.metric)
-    ax.set_title(f"{data.metric} of every member ({'higher' if data.mode == 'max' else 'lower'} is better)")
+    ax.set_title(f"{data.experiment}: {data.metric} of every member ({better_word(data.mode)} is better)")
     ax.grid(alpha=0.25)
     ax.legend(loc="lower right" if data.mode == "max" else "upper right", fontsize=8)
     return _save(fig, path)
 
 
 def draw_hparams(data: HparamsData, path: Path) -> Path:
-    """One dot per member and interval (larger = later); the winner's final choice as a star."""
-    fig = _figure(7.5, 6)
-    ax = fig.add_subplot()
-    members = sorted({p.member for p in data.points})
-    cmap = _member_colours(len(members))
-    for i, m in enumerate(members):
-        pts = [p for p in data.points if p.member == m]
-        colour = cmap(i)
-        ax.plot([p.x for p in pts], [p.y for p in pts], color=colour, lw=0.6, alpha=0.3)
+    """A scatter matrix: every pair of hyperparameters, the score against each on the
+    diagonal, dots coloured by score; the best model's schedule dashed, its end a star."""
+    n = len(data.names)
+    side = 5.2 if n == 1 else max(2.3, min(3.2, 9.5 / n))
+    fig = _figure(side * n + 1.4, side * n + 1.1)
+    grid = fig.subplots(n, n, squeeze=False)
+    cmap = colormaps["viridis" if data.mode == "max" else "viridis_r"]
+    norm = Normalize(min(data.colours, default=0.0), max(data.colours, default=1.0))
+    for panel in data.panels:
+        ax = grid[panel.row][panel.col]
         ax.scatter(
-            [p.x for p in pts],
-            [p.y for p in pts],
-            s=[_dot(p.interval, data.intervals) for p in pts],
-            color=colour,
-            alpha=0.65,
+            _spread(panel.xs, panel.x),
+            _spread(panel.ys, panel.y),
+            c=data.colours,
+            cmap=cmap,
+            norm=norm,
+            s=22 if n > 1 else 40,
+            alpha=0.85,
             edgecolor="white",
-            lw=0.4,
+            lw=0.3,
         )
-    if data.best_path:
-        ax.plot(
-            [p.x for p in data.best_path],
-            [p.y for p in data.best_path],
-            color=PURPLE,
-            lw=1.2,
-            ls="--",
-            alpha=0.9,
-            label="best model's schedule",
-        )
+        if panel.path:
+            ax.plot(*zip(*panel.path), color=PURPLE, lw=1.1, ls="--", alpha=0.9, zorder=3)
+            ax.scatter(
+                *panel.path[-1], s=200 if n > 1 else 360, marker="*", color=PURPLE, edgecolor="black", lw=0.7, zorder=5
+            )
+        first_in_row = panel.col == (1 if panel.row == 0 else 0)
+        diagonal = panel.row == panel.col
+        _axis(ax, panel.x, "x", label=panel.row == n - 1)
+        _axis(ax, panel.y, "y", label=diagonal or first_in_row)
+        if panel.row != n - 1:
+            ax.tick_params(axis="x", labelbottom=False)
+        if not (diagonal or first_in_row):
+            ax.tick_params(axis="y", labelleft=False)
+        if diagonal and n > 1:
+            ax.set_facecolor("#f6f2fb")
+        ax.grid(alpha=0.25, which="both" if "log" in (panel.x.scale, panel.y.scale) else "major")
+    _share_rows(grid, data)
+    fig.colorbar(ScalarMappable(norm, cmap), ax=grid, label=f"{data.metric} ({better_word(data.mode)} is better)")
+    handles = [
+        Line2D([], [], color=PURPLE, lw=1.1, ls="--", label="best model's schedule"),
+        Line2D([], [], color=PURPLE, marker="*", ms=12, mec="black", ls="", label="its final configuration"),
+    ]
     if data.best is not None:
-        ax.scatter(
-            [data.best.x],
-            [data.best.y],
-            s=420,
-            marker="*",
-            color=PURPLE,
-            edgecolor="black",
-            lw=0.8,
-            zorder=5,
-            label=f"best model's final configuration (member {data.best.member})",
-        )
-    ax.set_xscale("log" if data.x_log else "linear")
-    ax.set_yscale("log" if data.y_log else "linear")
-    ax.set_xlabel(data.x_name + (" (log scale)" if data.x_log else ""))
-    ax.set_ylabel(data.y_name + (" (log scale)" if data.y_log else ""))
-    ax.set_title("hyperparameters tried: a dot per member and interval, larger = later; colour = member")
-    ax.title.set_fontsize(10)
-    ax.grid(alpha=0.25, which="both" if data.x_log or data.y_log else "major")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, markerscale=0.5, frameon=False)
+        handles[1].set_label(f"its final configuration (member {data.best.member})")
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    what = "every pair" if n > 1 else data.names[0]
+    diagonal = f"; shaded diagonal: {data.metric} against each" if n > 1 else f" against {data.metric}"
+    fig.suptitle(
+        f"{data.experiment}: hyperparameters tried, {what}{diagonal}\na dot per member and interval, coloured by "
+        f"{data.metric}",
+        fontsize=10,
+    )
     return _save(fig, path)
+
+
+def _share_rows(grid, data: HparamsData) -> None:
+    """Off-diagonal panels of a row show the same hyperparameter on y: give them one range;
+    each column already shows one on x."""
+    n = len(data.names)
+    for j in range(n):
+        column = [grid[i][j] for i in range(n)]
+        for ax in column[1:]:
+            ax.sharex(column[0])
+    for i in range(n):
+        row = [grid[i][j] for j in range(n) if j != i]
+        for ax in row[1:]:
+            ax.sharey(row[0])
 
 
 def draw_schedule(data: ScheduleData | None, path: Path) -> Path:
@@ -222,13 +269,14 @@ def draw_schedule(data: ScheduleData | None, path: Path) -> Path:
     if data is None:
         return _save(fig, path)
     for ax, name in zip(axes, names):
-        for run in _consecutive(data.steps):
-            xs = [s.interval for s in run] + [run[-1].interval + 1]
-            ys = [s.hparams[name] for s in run]
+        for run in _consecutive(list(zip(data.steps, data.values[name]))):
+            xs = [s.interval for s, _ in run] + [run[-1][0].interval + 1]
+            ys = [v for _, v in run]
             ax.step(xs, ys + ys[-1:], where="post", color=PURPLE, lw=2)
-        ax.set_yscale("log" if data.log[name] else "linear")
-        ax.set_ylabel(name + ("\n(log scale)" if data.log[name] else ""))
-        ax.grid(alpha=0.25, which="both" if data.log[name] else "major")
+        axis = data.axes[name]
+        _axis(ax, axis, "y")
+        ax.yaxis.set_label_text(axis.name + ("\n(log scale)" if axis.scale == "log" else ""))
+        ax.grid(alpha=0.25, which="both" if axis.scale == "log" else "major")
         for c in data.copies:
             ax.axvline(c.interval, color=EXPLOIT, ls=":", lw=1.4)
     for c in data.copies:
@@ -243,22 +291,23 @@ def draw_schedule(data: ScheduleData | None, path: Path) -> Path:
             color="0.3",
             fontsize=8,
         )
+    axes[-1].set_xticks(data.xticks)
     axes[-1].set_xlabel("interval")
     fig.suptitle(
-        f"hyperparameter schedule of the best model (member {data.member}, {data.metric} "
-        f"{data.score:.4g})\nit began as member {data.steps[0].member}; orange dotted line: "
-        "another member copied it and explored (labelled with the new member)",
+        f"{data.experiment}: schedule of the best model (member {data.member}, {data.metric} {data.score:.4g}), "
+        f"which began as member {data.steps[0].member}\norange dotted line: another member copied it and "
+        "explored (labelled with the new member)",
         fontsize=9.5,
     )
     return _save(fig, path)
 
 
 def _consecutive(steps: Sequence) -> list[list]:
-    """Split a schedule where it is not interval after interval (an asynchronous copy of an
-    older or younger checkpoint), so the step plot never draws a line back in time."""
+    """Split (step, value) pairs where the schedule is not interval after interval, so the
+    step plot never draws a line back in time."""
     runs: list[list] = []
     for step in steps:
-        if runs and step.interval == runs[-1][-1].interval + 1:
+        if runs and step[0].interval == runs[-1][-1][0].interval + 1:
             runs[-1].append(step)
         else:
             runs.append([step])
@@ -303,10 +352,11 @@ def draw_lineage(data: LineageData, path: Path) -> Path:
     fig.colorbar(dots, ax=ax, label=data.metric, pad=0.01)
     ax.set_yticks(data.members)
     ax.set_ylim(max(data.members, default=0) + 0.6, min(data.members, default=0) - 0.6)
+    ax.set_xticks(data.xticks)
     ax.set_xlim(-0.5, data.intervals - 0.5)
     ax.set_xlabel("interval")
     ax.set_ylabel("member")
-    ax.set_title("lineage: who trained on from whose checkpoint (dot colour = score)")
+    ax.set_title(f"{data.experiment}: lineage, who trained on from whose checkpoint (dot colour = {data.metric})")
     handles = [
         Line2D([], [], color=GREY, lw=1.4, label="trains on from its own checkpoint"),
         Line2D([], [], color=EXPLOIT, lw=1.1, marker=">", label="exploit: copies the donor's checkpoint"),
@@ -317,24 +367,38 @@ def draw_lineage(data: LineageData, path: Path) -> Path:
 
 
 def draw_compare(data: CompareData, path: Path) -> Path:
-    """Best score so far against compute spent, one line per experiment."""
+    """The best score at each interval, one line per experiment, each in its own style."""
     fig = _figure(8, 4.8)
     ax = fig.add_subplot()
-    for curve in data.curves:
-        ax.step(curve.spent, curve.best, where="post", lw=2, label=curve.name)
-    ax.set_xlabel("intervals trained, summed over the population")
-    ax.set_ylabel(f"best {data.metric} so far")
-    ax.set_title(f"best {data.metric} against training spent")
+    for z, curve in enumerate(data.curves):
+        s = curve.style
+        label = f"{curve.name} (population {curve.population})"
+        if curve.same_as:
+            label += f": identical to {', '.join(curve.same_as)}"
+        ax.plot(
+            curve.intervals,
+            curve.best,
+            ls=s.linestyle,
+            marker=s.marker,
+            markevery=(s.offset % s.stride, s.stride),
+            ms=7,
+            mfc="white",
+            mew=1.6,
+            lw=s.width,
+            zorder=2 + z,
+            label=label,
+        )
+    ax.set_xticks(data.xticks)
+    ax.set_xlabel("interval (every experiment's models compared at the same age)")
+    ax.set_ylabel(f"best {data.metric} at each interval")
+    ax.set_title(
+        f"{' vs '.join(data.experiments)}: best {data.metric} at each interval ({better_word(data.mode)} is better)"
+    )
     ax.grid(alpha=0.25)
-    ax.legend(loc="lower right" if data.mode == "max" else "upper right")
+    ax.legend(
+        loc="lower right" if data.mode == "max" else "upper right",
+        title="last point: what popbt best reports",
+        title_fontsize=8,
+        fontsize=9,
+    )
     return _save(fig, path)
-
-
-def _dot(interval: int, intervals: int) -> float:
-    return 12 + 110 * (interval + 1) / max(intervals, 1)
-
-
-def _member_colours(n: int):
-    from matplotlib import colormaps
-
-    return colormaps["tab10" if n <= 10 else "tab20"]
