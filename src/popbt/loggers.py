@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import analysis
-from .experiment import ConfigError, ExperimentConfig
+from .config import ExperimentConfig
+from .errors import ConfigError
 from .history import History
 from .plotdata import encode
 from .space import Choice, Domain
