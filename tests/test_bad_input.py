@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -103,7 +104,7 @@ CASES = {
     "sqlite path that is a directory": (["list", "--storage", "sqlite:///{specs}"], "is not a database file"),
     "database of another schema version (list)": (
         ["list", "--storage", "sqlite:///{tmp}/v99.db"],
-        "has popbt schema version 99; this popbt uses version 2",
+        "has popbt schema version 99; this popbt uses version 3",
     ),
     "database of another schema version (run)": (
         ["run", QUAD, "--storage", "sqlite:///{tmp}/v99.db"],
@@ -215,14 +216,17 @@ def test_checkpoints_load_with_weights_only_so_a_pickle_cannot_run_code(tmp_path
     with pytest.raises(torch.serialization.pickle.UnpicklingError, match="Weights only load failed"):
         loaded.load(state, str(path))  # popbt.torch's load
     assert not marker.exists()
-    # and through a worker: every load is a recorded failure, never the payload's command
+    # and through a worker: every load is a recorded failure, never the payload's command; with
+    # every member given up the run failed, and says so with the first error
     out = run_popbt("run", str(spec), "--workers", "1", "--dir", str(tmp_path / "runs"))
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr
+    assert "experiment 'evil' failed: every member was given up" in out.stderr
+    assert "UnpicklingError: Weights only load failed" in out.stderr
     assert not marker.exists()
     exp, rows, events = results(f"sqlite:///{tmp_path / 'runs' / 'popbt.db'}", "evil")
     failures = [e for e in events if e.kind == "failure"]
     assert failures and all("UnpicklingError: Weights only load failed" in e.message for e in failures)
-    assert exp.status == "finished"
+    assert exp.status == "failed"
     assert sorted((r.member, r.interval, r.state) for r in rows if r.interval == 1) == [
         (0, 1, "failed"),
         (1, 1, "failed"),
@@ -232,8 +236,12 @@ def test_checkpoints_load_with_weights_only_so_a_pickle_cannot_run_code(tmp_path
 PASSWORD = "Pa55-" + uuid.uuid4().hex[:10]
 
 
-def test_a_database_password_never_appears_in_output_process_lists_or_the_history(tmp_path, pg_url):
-    url = make_url(pg_url).set(password=PASSWORD).render_as_string(hide_password=False)
+@pytest.mark.parametrize("form", ["user:password@", "?password="])
+def test_a_database_password_never_appears_in_output_process_lists_or_the_history(tmp_path, pg_url, form):
+    if form == "user:password@":
+        url = make_url(pg_url).set(password=PASSWORD).render_as_string(hide_password=False)
+    else:  # libpq takes it as a parameter too, which a URL renderer does not know is secret
+        url = make_url(pg_url).update_query_dict({"password": PASSWORD}).render_as_string(hide_password=False)
     assert PASSWORD in url  # trust auth: the server accepts any password
     markers = tmp_path / "markers"
     markers.mkdir()
@@ -258,7 +266,7 @@ def test_a_database_password_never_appears_in_output_process_lists_or_the_histor
     out, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
     assert not leaks
-    assert "postgres:***@" in out
+    assert ("postgres:***@" if form == "user:password@" else "password=***") in out
     outputs = [out, err]
     for args in (["list"], ["status"], ["best", "--json"], ["export", "--format", "json"]):
         shown = run_popbt(*args, "--storage", url)
@@ -276,3 +284,154 @@ def test_a_database_password_never_appears_in_output_process_lists_or_the_histor
                 assert not [r for r in rows if PASSWORD in r], table.name
     finally:
         store.close()
+
+
+# -- every option and spec value checked before anything is written --------------------------
+
+BAD_VALUES = {
+    "lease_string.py": ('lease_seconds = "60"', "lease_seconds must be a number"),
+    "sync_string.py": ('sync = "yes"', "sync must be True or False"),
+    "attempts_zero.py": ("max_attempts = 0", "max_attempts must be an integer of at least 1"),
+    "population_float.py": ("population = 2.5", "population must be an integer of at least 2"),
+    "workers_negative.py": ("workers = -2", "workers must be an integer of at least 0"),
+    "choice_tuples.py": ('space = {"shape": Choice([(1, 2), (3, 4)])}', "Choice options must be strings, numbers"),
+    "choice_nan.py": ('space = {"p": Choice([0.1, float("nan")])}', "Choice options must be finite numbers"),
+}
+
+OPTION_CASES = {
+    "negative --workers": (["--workers", "-1"], "--workers must be an integer of at least 0"),
+    "--devices that is no device": (["--devices", "gpu0"], "is not a device"),
+    "empty --devices": (["--devices", ","], "--devices is empty"),
+    "--devices with a CUDA device on a machine without one": (["--devices", "cuda:0"], "no CUDA device"),
+    "--name latest": (["--name", "latest"], "'latest' is reserved"),
+    "--lease-seconds 0": (["--lease-seconds", "0"], "lease_seconds must be a number at least 1"),
+    "--retry-delay -1": (["--retry-delay", "-1"], "retry_delay must be a number at least 0"),
+    "--quantile and --top": (["--quantile", "0.2", "--top", "1"], "give one"),
+    "not a number": (["--population", "many"], "argument --population: invalid int value: 'many'"),
+    "unknown option": (["--populatoin", "4"], "unrecognized arguments: --populatoin 4"),
+    "--checkpoints under a regular file": (["--checkpoints", "{tmp}/afile/ck"], "checkpoint directory"),
+    "--log with an unknown logger": (["--log", "wandb"], "unknown logger 'wandb'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTION_CASES))
+def test_every_run_option_is_checked_before_anything_is_written(case, world):
+    args, expected = OPTION_CASES[case]
+    if "cuda" in " ".join(args) and require("torch").cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    args = [a.format(tmp=world) for a in args]
+    before = fingerprint(world)
+    out = run_popbt("run", QUAD, *args, "--dir", str(world / "runs"))
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("popbt: error: "), out.stderr
+    assert expected in lines[0] and "usage:" not in out.stderr
+    assert fingerprint(world) == before
+
+
+@pytest.mark.parametrize("spec", sorted(BAD_VALUES))
+def test_every_spec_value_is_checked_before_anything_is_written(spec, world):
+    line, expected = BAD_VALUES[spec]
+    body = Path(QUAD).read_text().replace("population, intervals = 4, 6", "population, intervals = 4, 6\n" + line)
+    if line.startswith("space"):
+        body = body.replace("from popbt import Uniform", "from popbt import Choice, Uniform") + "\n" + line + "\n"
+    (world / "specs" / spec).write_text(body)
+    before = fingerprint(world)
+    out = run_popbt("run", str(world / "specs" / spec), "--dir", str(world / "runs"))
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], out.stderr
+    assert fingerprint(world) == before
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["worker", QUAD, "--device", "cuda:x"], "is not a device"),
+        (["worker", QUAD, "--threads", "0"], "--threads must be a positive integer"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["run"], "the following arguments are required: spec"),
+    ],
+)
+def test_other_commands_refuse_bad_options_in_one_line(args, expected, tmp_path):
+    created(str(tmp_path))
+    out = run_popbt(*args, "--dir", str(tmp_path)) if args[0] != "frobnicate" else run_popbt(*args)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], out.stderr
+
+
+def test_debug_works_after_the_subcommand_too(tmp_path):
+    out = run_popbt("status", "--experiment", "nope", "--dir", str(tmp_path), "--debug")
+    assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_numpy_values_in_a_choice_make_an_experiment_workers_can_join(tmp_path):
+    np = require("numpy")
+    spec = tmp_path / "np_choice.py"
+    body = (
+        Path(QUAD)
+        .read_text()
+        .replace("from popbt import Uniform", "import numpy as np\nfrom popbt import Choice, Uniform")
+    )
+    body += '\nspace = {**space, "width": Choice(list(np.array([16, 32, 64])))}\n'
+    spec.write_text(body)
+    assert np  # numpy scalars are what np.array(...) iterates to
+    out = run_popbt("run", str(spec), "--workers", "1", "--intervals", "2", "--dir", str(tmp_path / "runs"))
+    assert out.returncode == 0, out.stderr
+    exp, rows, _ = results(f"sqlite:///{tmp_path / 'runs' / 'popbt.db'}", "np_choice")
+    assert exp.status == "finished" and {r.hparams["width"] for r in rows} <= {16, 32, 64}
+
+
+@pytest.mark.parametrize("odd", ["with?question", "with%25percent", "with#hash"])
+def test_a_run_directory_with_url_characters_holds_the_database(tmp_path, odd):
+    run_dir = tmp_path / odd
+    out = run_popbt("run", QUAD, "--workers", "0", "--dir", str(run_dir))
+    assert out.returncode == 0, out.stderr
+    assert (run_dir / "popbt.db").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [odd]  # nothing elsewhere
+    listed = run_popbt("list", "--dir", str(run_dir))
+    assert listed.returncode == 0 and "quad" in listed.stdout, listed.stderr
+
+
+@pytest.mark.parametrize("command", [["status"], ["list"], ["worker", QUAD]])
+def test_a_mistyped_run_directory_is_refused_and_nothing_created(tmp_path, command):
+    out = run_popbt(*command, "--dir", str(tmp_path / "typo"))
+    assert out.returncode == 2 and "no popbt database" in out.stderr, out.stderr
+    assert not (tmp_path / "typo").exists()
+
+
+def test_two_launchers_creating_one_experiment_at_once_both_join_it(pg_url, tmp_path):
+    """Both look the name up before either creates it; the one whose insert loses joins."""
+    from popbt.launch import open_experiment
+    from popbt.spec import load_spec
+
+    barrier = threading.Barrier(2)
+
+    class Racing(popbt.store.SQLStore):
+        def experiment(self, name):
+            try:
+                return super().experiment(name)
+            except popbt.NotFound:
+                if not getattr(self, "raced", False):
+                    self.raced = True
+                    barrier.wait(timeout=30)  # both have looked it up and not found it
+                raise
+
+    spec, found, errors = load_spec(QUAD), [], []
+
+    def launch() -> None:
+        store = Racing(pg_url)
+        try:
+            found.append(open_experiment(store, spec, "race", {"seed": 1}, str(tmp_path))[0].id)
+        except Exception as e:
+            errors.append(e)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=launch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and len(found) == 2 and found[0] == found[1]

@@ -18,7 +18,7 @@ SPACE = {"lr": Uniform(0.0, 1.0)}
 
 
 def config(name="exp", **kw) -> ExperimentConfig:
-    values = dict(population=4, intervals=3, seed=1, max_attempts=2)
+    values = dict(population=4, intervals=3, seed=1, max_attempts=2, retry_delay=0.0)
     values.update(kw)
     return ExperimentConfig(name=name, spec="quad", space=SPACE, **values)
 
@@ -229,19 +229,117 @@ def test_failures_retry_then_replace_then_give_up(store):
     assert store.progress(exp.id).finished  # the run does not hang on the failed member
 
 
-def test_a_database_of_popbt_0_1_is_upgraded_in_place(storage):
+def test_a_failed_attempt_is_retried_only_after_its_delay_by_the_database_clock(store):
+    exp = store.create_experiment(config(retry_delay=30.0, population=2, intervals=1), "/tmp")
+    failing = store.claim(exp.id, "w", "cpu")
+    store.fail(failing, "boom")
+    other = store.claim(exp.id, "w", "cpu")
+    assert other.member != failing.member  # the other member goes first
+    assert store.claim(exp.id, "w", "cpu") is None  # the failed one waits out its delay
+    with store.engine.begin() as conn:  # as if the database's clock moved on by 30 s
+        conn.execute(update(schema.tasks).where(schema.tasks.c.id == failing.id).values(retry_at=0.0))
+    retry = store.claim(exp.id, "w", "cpu")
+    assert (retry.member, retry.attempts) == (failing.member, 1)
+
+
+def test_a_released_task_is_claimable_at_once_and_no_attempt_is_counted(store):
+    exp = store.create_experiment(config(retry_delay=30.0), "/tmp")
+    task = store.claim(exp.id, "w", "cpu")
+    assert store.release(task, "worker w stopped by SIGTERM; not an attempt")
+    again = store.claim(exp.id, "w2", "cpu")
+    assert (again.member, again.interval, again.attempts) == (task.member, 0, 0)
+    [ev] = store.events(exp.id, kinds=("released",))
+    assert (ev.member, ev.message) == (task.member, "worker w stopped by SIGTERM; not an attempt")
+    assert not store.release(task)  # the lease moved on
+
+
+def test_every_member_failing_its_first_interval_fails_the_experiment_until_reopened(store):
+    exp = store.create_experiment(config(max_attempts=3), "/tmp")
+    tasks = [store.claim(exp.id, "w", "cpu") for _ in range(4)]
+    for t in tasks[:3]:
+        store.fail(t, f"bug {t.member}", detail="Traceback ...\nValueError: bug")
+    assert store.progress(exp.id).status == "running"  # one member has not failed yet
+    store.fail(tasks[3], "bug 3")
+    progress = store.progress(exp.id)
+    assert progress.status == "failed" and progress.over and not progress.finished
+    assert store.claim(exp.id, "w", "cpu") is None  # nothing is handed out any more
+    [why] = store.events(exp.id, kinds=("run_failed",))
+    assert why.message == "every member failed its first interval; first error: bug 0"
+    first = store.events(exp.id, kinds=("failure",))[0]
+    assert (first.member, first.detail, first.worker) == (0, "Traceback ...\nValueError: bug", "w")
+    store.reopen(exp.id)  # e.g. the user fixed the bug
+    assert store.experiment_by_id(exp.id).status == "running"
+    again = store.claim(exp.id, "w", "cpu")
+    assert (again.interval, again.attempts) == (0, 0)
+
+
+def test_an_experiment_whose_members_were_all_given_up_failed(store):
+    exp = store.create_experiment(config(population=2, intervals=2, max_attempts=1), "/tmp")
+    first_interval(store, exp)
+    while (task := store.claim(exp.id, "w", "cpu")) is not None:
+        store.fail(task, "boom")
+    exp = store.experiment_by_id(exp.id)
+    assert exp.failed and not exp.finished
+    assert store.events(exp.id, kinds=("run_failed",))[0].message == "every member was given up: no final model"
+    with pytest.raises(ConfigError, match="after some members had results"):
+        store.reopen(exp.id)
+
+
+def test_absolve_takes_back_only_the_charges_still_standing(store):
+    exp = store.create_experiment(config(max_attempts=2), "/tmp")
+    a, b = store.claim(exp.id, "w", "cpu"), store.claim(exp.id, "w", "cpu")
+    store.fail(a, "sick host")
+    store.fail(b, "sick host")
+    retried = store.claim(exp.id, "w2", "cpu")
+    assert retried.member == a.member  # the member furthest behind first
+    back = store.absolve(exp.id, [(a.id, 1), (b.id, 1)], "w", "worker w stops taking work: sick")
+    assert back == 1  # a is being retried by w2 already: its charge stands
+    rows = {r.member: r for r in store.history(exp.id) if r.interval == 0}
+    assert rows[a.member].attempts == 1 and rows[b.member].attempts == 0 and rows[b.member].state == PENDING
+    [ev] = store.events(exp.id, kinds=("worker_fault",))
+    assert (ev.member, ev.worker, ev.message) == (-1, "w", "worker w stops taking work: sick")
+
+
+def test_a_spec_change_is_recorded_with_the_experiment(store):
+    exp = store.create_experiment(config(), "/tmp")
+    store.set_spec(exp.id, "new.py", "ab" * 32, "launcher")
+    assert store.experiment_by_id(exp.id).config.spec_digest == "ab" * 32
+    assert store.config(exp.id).spec == "new.py"
+    assert store.events(exp.id, kinds=("spec_changed",))[0].worker == "launcher"
+
+
+# Columns each schema version added: dropping them turns a database into an older popbt's.
+ADDED = {
+    2: [("popbt_experiments", "version")],
+    3: [("popbt_experiments", "uid"), ("popbt_tasks", "retry_at"), ("popbt_events", "detail")],
+}
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_database_of_an_older_popbt_is_upgraded_in_place(storage, version):
     store = open_store(storage)
     exp = store.create_experiment(config(), "/tmp")
     with store.engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE popbt_experiments DROP COLUMN version")
-        conn.execute(update(schema.meta).values(value="1"))
+        for added in range(version + 1, schema_version() + 1):
+            for table, column in ADDED[added]:
+                conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+        conn.execute(update(schema.meta).values(value=str(version)))
     store.close()
     store = open_store(storage)
     try:
-        drain(store, store.experiment(exp.name))
+        upgraded = store.experiment(exp.name)
+        assert len(upgraded.uid) == 32  # its checkpoint files get an identity from now on
+        drain(store, upgraded)
         assert store.progress(exp.id).finished
     finally:
         store.close()
+
+
+def schema_version() -> int:
+    from popbt.store import SCHEMA_VERSION
+
+    assert sorted(ADDED) == list(range(2, SCHEMA_VERSION + 1)), "list the columns the new schema version adds"
+    return SCHEMA_VERSION
 
 
 def test_opening_a_database_of_another_schema_version_fails_clearly(storage):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import QUAD, require
-from popbt.cli import parser
+from popbt.cli import main, parser
 from popbt.experiment import ConfigError, ExperimentConfig, load_spec
 from popbt.launch import run
 from popbt.space import IntUniform, Uniform
@@ -228,7 +228,7 @@ def test_pb2_chooses_numbers_once_there_is_history_and_perturbs_before(store, sy
 # -- settings from the command line ------------------------------------------------------
 
 
-def test_command_line_strategy_options_reach_the_stored_config(tmp_path):
+def test_command_line_strategy_options_reach_the_stored_config(tmp_path, capsys):
     args = parser().parse_args(
         [
             "run",
@@ -257,10 +257,13 @@ def test_command_line_strategy_options_reach_the_stored_config(tmp_path):
         (0.9, 1.1),
         0.1,
     )
-    with pytest.raises(SystemExit):
-        parser().parse_args(["run", "x.py", "--top", "2", "--quantile", "0.2"])  # one or the other
-    with pytest.raises(SystemExit):
-        parser().parse_args(["run", "x.py", "--factors", "0.9,big"])
+    for bad, said in (
+        (["--top", "2", "--quantile", "0.2"], "give one"),  # one or the other
+        (["--factors", "0.9,big"], "expected numbers separated by commas"),
+    ):
+        assert main(["run", QUAD, *bad, "--dir", str(tmp_path / "bad")]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     run(
         QUAD,
         workers=0,
@@ -309,11 +312,11 @@ def test_a_config_stored_before_these_settings_existed_still_loads():
 
 
 def test_a_rule_whose_optional_package_is_missing_fails_before_anything_is_written(monkeypatch, tmp_path):
-    import popbt.experiment as experiment
+    import popbt.spec as spec_module
 
     (tmp_path / "plain.py").write_text(SPEC)
     spec = load_spec(str(tmp_path / "plain.py"))
-    monkeypatch.setattr(experiment.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(spec_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"explore='pb2' needs scipy: pip install 'popbt\[pb2\]'"):
         spec.config(explore="pb2")
     with pytest.raises(ConfigError, match="exploit='ttest' needs scipy"):

@@ -8,7 +8,6 @@ it, so a deterministic spec reproduces the original scores. Replay only reads th
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +20,8 @@ from .history import History, read, run_dir
 from .space import space_to_json
 from .spec import Spec, load_spec
 from .store import NotFound
-from .worker import Trial, seed_everything, seed_for, split_score
+from .worker import Trial, in_trial, seed_everything, seed_for, split_score
 
-# The module itself (``popbt.worker`` the attribute is the ``work`` function), to set the
-# trial popbt.current() reports while spec code runs.
-worker_module = importlib.import_module("popbt.worker")
 
 
 @dataclass(frozen=True)
@@ -113,10 +109,11 @@ def train_schedule(
     cfg = history.config
     state: Any = None
     done: list[ReplayStep] = []
-    try:
-        for step in steps:
-            hparams = dict(step.hparams)
-            enter(history.experiment.name, cfg.seed, step, device)
+    for step in steps:
+        hparams = dict(step.hparams)
+        trial_seed = seed_for(cfg.seed, step.member, step.interval, step.attempts, step.replacements)
+        with in_trial(Trial(history.experiment.name, step.member, step.interval, device, trial_seed)):
+            seed_everything(trial_seed)  # as the worker does, so popbt.current() and the random streams match
             fresh = spec.build(hparams, device)
             if state is None:
                 state = fresh
@@ -128,19 +125,10 @@ def train_schedule(
                     spec.apply(state, hparams)
             spec.train(state, hparams, step.interval, device)
             score, _ = split_score(spec.evaluate(state, device), cfg.metric)
-            done.append(ReplayStep(step.interval, step.member, hparams, step.score, score))
-            if on_step is not None:
-                on_step(done[-1])
-    finally:
-        worker_module._current = None
+        done.append(ReplayStep(step.interval, step.member, hparams, step.score, score))
+        if on_step is not None:
+            on_step(done[-1])
     return state, done
-
-
-def enter(experiment: str, seed: int, step: analysis.Step, device: str) -> None:
-    """Seed and announce the interval as the worker does, so popbt.current() works in specs."""
-    trial_seed = seed_for(seed, step.member, step.interval, step.attempts, step.replacements)
-    worker_module._current = Trial(experiment, step.member, step.interval, device, trial_seed)
-    seed_everything(trial_seed)
 
 
 def save_atomically(spec: Spec, state: Any, path: Path) -> None:

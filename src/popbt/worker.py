@@ -65,6 +65,17 @@ def current() -> Trial:
     return trial
 
 
+@contextlib.contextmanager
+def in_trial(trial: Trial) -> Iterator[Trial]:
+    """``popbt.current()`` is ``trial`` inside the block (a ContextVar: threads and async
+    tasks each see their own)."""
+    token = _current.set(trial)
+    try:
+        yield trial
+    finally:
+        _current.reset(token)
+
+
 class ScoreError(ValueError):
     """evaluate() returned something that is not a finite number."""
 
@@ -372,8 +383,7 @@ class Worker:
     def _train(self, task: Task) -> tuple[float, dict, checkpoints.Written]:
         spec, hparams, device = self.spec, dict(task.hparams), self.device
         seed = seed_for(self.config.seed, task.member, task.interval, task.attempts, task.replacements)
-        token = _current.set(Trial(self.experiment.name, task.member, task.interval, device, seed))
-        try:
+        with in_trial(Trial(self.experiment.name, task.member, task.interval, device, seed)):
             path = self._fetch(task.start) if task.start is not None else None
             with self.stopper.user_code() if self.stopper else contextlib.nullcontext():
                 seed_everything(seed)
@@ -397,8 +407,6 @@ class Worker:
                     written = self.ckpt_dir.write(task.member, task.interval, task.token, lambda p: spec.save(state, p))
                 except Exception as e:
                     raise _SaveFailed(e) from e
-        finally:
-            _current.reset(token)
         return score, metrics, written
 
     def _fetch(self, start: Checkpoint) -> str:

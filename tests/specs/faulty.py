@@ -6,12 +6,11 @@ FAULTY_HANG=M:K              member M, interval K (first attempt only): leave DI
 FAULTY_RAISE=F:M:K[:N],...   spec function F (build, train, evaluate, save, load) raises
                              RuntimeError("injected in F") at member M, interval K, on the first N
                              attempts (default: every attempt)
-FAULTY_SAVE_HALF=M:K         save writes half the file, then raises OSError(ENOSPC) (first attempt)
+FAULTY_SAVE_HALF=M:K         save writes half the file, then raises ValueError (first attempt)
 FAULTY_STEP_SECONDS=S        each interval takes S more seconds
 FAULTY_LEASE=S               the experiment's lease, in seconds (default 60)
 """
 
-import errno
 import io
 import os
 import time
@@ -26,6 +25,7 @@ space = {"h0": Uniform(0.0, 1.0), "h1": Uniform(0.0, 1.0)}
 metric, mode = "Q", "max"
 population, intervals = 4, 4
 lease_seconds = float(os.environ.get("FAULTY_LEASE", "60"))
+retry_delay = 0.0  # retried at once: the suite stays fast
 
 
 def _here() -> tuple[int, int]:
@@ -96,7 +96,7 @@ def save(theta, path):
         if _at("FAULTY_SAVE_HALF") and _first("save-half"):
             f.write(data[: len(data) // 2])
             f.flush()
-            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+            raise ValueError("serialisation failed halfway (injected)")
         f.write(data)
 
 

@@ -8,6 +8,7 @@ POPBT_TEST_FAIL_SEED=M:K  member M, interval K raises in train when it is traine
                           its first attempt (a failure that depends on the random draw)
 POPBT_TEST_STEP_SECONDS=S each interval takes S more seconds, like real training
 POPBT_TEST_LEASE=S        the experiment's lease, in seconds
+POPBT_TEST_RETRY_DELAY=S  the experiment's retry_delay (default 0: retried at once)
 """
 
 import os
@@ -24,6 +25,7 @@ space = {"h0": Uniform(0.0, 1.0), "h1": Uniform(0.0, 1.0)}
 metric, mode = "Q", "max"
 population, intervals = 4, 6
 lease_seconds = float(os.environ.get("POPBT_TEST_LEASE", "60"))
+retry_delay = float(os.environ.get("POPBT_TEST_RETRY_DELAY", "0"))  # no backoff: the suite stays fast
 
 
 def _injected(var: str) -> list[str] | None:

@@ -161,6 +161,7 @@ def apply(conn: Connection, exp_id: int, plan: Plan, now: float) -> bool:
                 start_checkpoint_id=d.start,
                 replacements=d.replacements,
                 attempts=0,
+                retry_at=None,  # a replacement starts afresh: no backoff left from the failures
             )
         )
         if conn.execute(update(t).where(t.c.id == d.task, t.c.state == WAITING).values(**values)).rowcount != 1:
@@ -261,6 +262,15 @@ def hopeless(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> bool:
         select(func.count()).where(t.c.experiment_id == exp_id, t.c.interval == 0, t.c.attempts > 0)
     ).scalar_one()
     return failed_first >= cfg.population
+
+
+def first_failure(conn: Connection, exp_id: int) -> str | None:
+    """The message of the experiment's first failure, without its attempt count."""
+    e = s.events
+    message = conn.execute(
+        select(e.c.message).where(e.c.experiment_id == exp_id, e.c.kind == "failure").order_by(e.c.id).limit(1)
+    ).scalar()
+    return message.split(": ", 1)[1] if message and message.startswith("attempt ") else message
 
 
 def fail_experiment(conn: Connection, exp_id: int, why: str, now: float) -> None:

@@ -363,9 +363,9 @@ class SQLStore(Store):
                 detail,
             )
             if task.interval == 0 and pop.hopeless(conn, cfg, task.experiment_id):
-                pop.fail_experiment(
-                    conn, task.experiment_id, f"every member failed its first interval; first error: {message}", now
-                )
+                first = pop.first_failure(conn, task.experiment_id) or message
+                why = f"every member failed its first interval; first error: {first}"
+                pop.fail_experiment(conn, task.experiment_id, why, now)
                 return None, True
             if row.attempts < cfg.max_attempts and not _starts_from_corrupt(conn, task):
                 return None, False  # a plain retry, with a fresh seed: no decision depends on it
