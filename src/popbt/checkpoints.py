@@ -147,7 +147,10 @@ def check_writable(root: Path, leave: bool = True) -> None:
     except OSError as e:
         raise ConfigError(f"checkpoint directory {root} is unusable: {e.strerror or e}") from None
     finally:
-        probe.unlink(missing_ok=True)
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
         if not leave:
             for path in made:  # deepest first
                 try:

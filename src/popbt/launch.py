@@ -102,8 +102,8 @@ def run(spec: Any, *, console: Console | None = None, **options: Any) -> RunSumm
     device_list = devices.parse_devices(options.get("devices"))
     n = _workers(options.get("workers"), loaded, device_list)
     kinds = _log_kinds(options.get("log"))
+    checkpoints_at = _checkpoint_base(options.get("checkpoints"), locate(options.get("dir"), options.get("storage")))
     where = place(options.get("dir"), options.get("storage"))
-    checkpoints_at = _checkpoint_base(options.get("checkpoints"), where)
     store = open_store(where.storage)
     try:
         exp, created = open_experiment(

@@ -57,7 +57,7 @@ def mask_url(url: str) -> str:
     except Exception:
         return _mask_text(url)
     query = {k: ("***" if k.lower() in SECRET_KEYS else v) for k, v in parsed.query.items()}
-    return parsed.set(query=query).render_as_string(hide_password=True)
+    return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def _mask_text(text: str) -> str:
