@@ -179,6 +179,12 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_replay)
 
+    p = sub.add_parser("dashboard", help="serve live, read-only web pages of the experiments")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8050, help="port (default 8050; 0 picks a free one and prints it)")
+    _storage_args(p)
+    p.set_defaults(func=cmd_dashboard)
+
     p = sub.add_parser("demo", help="PBT on scikit-learn's digits: population 8, 2 workers")
     p.add_argument("--workers", type=int, default=2)
     _common(p)
@@ -284,6 +290,13 @@ def cmd_plot(args: argparse.Namespace, console: Console) -> int:
     paths = plot(args.experiment, out=args.out, storage=args.storage, dir=args.dir, compare=args.compare)
     for path in paths:
         console.print(str(path), highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace, console: Console) -> int:
+    from .dashboard import serve
+
+    serve(args.storage, args.dir, host=args.host, port=args.port)  # until Ctrl-C
     return 0
 
 
