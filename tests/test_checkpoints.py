@@ -57,3 +57,14 @@ def test_sweep_removes_only_old_unreferenced_files(tmp_path):
     os.utime(keep.path, (old, old))
     assert d.sweep([keep.path], older_than=3600) == [orphan.path]
     assert os.path.exists(keep.path)
+
+
+def test_sweep_keeps_referenced_files_under_a_directory_named_with_dot_dot(tmp_path):
+    """``--dir ../runs`` names the checkpoints through '..': a kept file is still recognised."""
+    (tmp_path / "cwd").mkdir()
+    d = CheckpointDir(tmp_path / "cwd" / ".." / "ckpts")
+    keep = d.write(0, 0, "e" * 32, lambda p: open(p, "wb").write(b"k"))
+    old = 1_000_000_000
+    os.utime(keep.path, (old, old))
+    assert d.sweep([keep.path], older_than=0) == []
+    assert os.path.exists(keep.path)

@@ -84,7 +84,7 @@ class CheckpointDir:
         for path in self.root.iterdir():
             if (
                 (path.name.endswith(SUFFIX) or path.name.startswith(".tmp-"))
-                and str(path.absolute()) not in keep
+                and os.path.abspath(path) not in keep
                 and owner(path.name) not in busy
             ):
                 try:
