@@ -5,7 +5,7 @@ of their words' polarity, a negator flipping the word after it, 5% of labels noi
 tokenizer is a word-level one built from its vocabulary, and the model is a 2-layer BERT of
 hidden size 32, randomly initialised from its config. PBT tunes AdamW's learning rate and
 weight decay, the warmup (a fraction of the whole run) and the model's dropout. One interval
-is 30 optimizer steps. Runs on a laptop CPU in well under a minute::
+is 30 optimizer steps. Takes about a minute on a 2-core CPU, imports included::
 
     popbt run examples/hf_text_classification.py --workers 2
 """
@@ -39,7 +39,7 @@ space = {
 }
 metric = "eval_accuracy"
 mode = "max"
-population = 6
+population = 4
 intervals = 5
 
 

@@ -4,7 +4,7 @@ The same data and split as ``examples/digits.py`` (scikit-learn's bundled 8x8 di
 download) and the same small MLP, written the Lightning way: the hyperparameters reach the
 module through its constructor (``save_hyperparameters``), ``configure_optimizers`` builds SGD
 and a cosine LR schedule from them, and the module logs ``val_accuracy``, the score.
-One interval is one epoch. Runs on a laptop CPU in well under a minute::
+One interval is one epoch. Takes well under a minute on a 2-core CPU::
 
     popbt run examples/lightning_digits.py --workers 2
 """
