@@ -6,7 +6,6 @@ import pytest
 
 from popbt.checkpoints import CheckpointDir, CorruptCheckpoint, verify
 
-
 UID = "0123456789abcdef0123456789abcdef"  # an experiment's
 
 
@@ -83,3 +82,14 @@ def test_sweep_never_touches_a_file_popbt_did_not_write_for_this_experiment(tmp_
     assert ours.sweep([], older_than=0) == [orphan.path]
     assert all(os.path.exists(p) for p in foreign)
     assert CheckpointDir(tmp_path).sweep([], older_than=0) == []  # no uid: nothing can be proven ours
+
+
+def test_sweep_keeps_referenced_files_under_a_directory_named_with_dot_dot(tmp_path):
+    """``--dir ../runs`` names the checkpoints through '..': a kept file is still recognised."""
+    (tmp_path / "cwd").mkdir()
+    d = CheckpointDir(tmp_path / "cwd" / ".." / "ckpts", UID)
+    keep = d.write(0, 0, "e" * 32, lambda p: open(p, "wb").write(b"k"))
+    old = 1_000_000_000
+    os.utime(keep.path, (old, old))
+    assert d.sweep([keep.path], older_than=0) == []
+    assert os.path.exists(keep.path)

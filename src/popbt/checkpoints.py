@@ -109,7 +109,7 @@ class CheckpointDir:
         removed = []
         for path in self.root.iterdir():
             owner = self.owner(path.name)
-            if owner is None or owner in busy or str(path.absolute()) in keep:
+            if owner is None or owner in busy or os.path.abspath(path) in keep:
                 continue
             try:
                 if not path.is_file() or path.is_symlink() or path.stat().st_mtime >= cutoff:

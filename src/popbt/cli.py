@@ -182,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="serve live, read-only web pages of the experiments")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8050, help="port (default 8050; 0 picks a free one and prints it)")
-    _storage_args(p)
+    _common(p)
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("demo", help="PBT on scikit-learn's digits: population 8, 2 workers")

@@ -23,7 +23,6 @@ from .store import NotFound
 from .worker import Trial, in_trial, seed_everything, seed_for, split_score
 
 
-
 @dataclass(frozen=True)
 class ReplayStep:
     """One interval of the replay next to the original run's result for it."""
