@@ -260,7 +260,7 @@ class SQLStore(Store):
             )
             if res.rowcount == 1 and reason:
                 pop.record_event(
-                    conn, task.experiment_id, task.member, task.interval, "released", reason, None, _now(conn)
+                    conn, task.experiment_id, task.member, task.interval, "released", reason, task.worker, _now(conn)
                 )
             return res.rowcount == 1
 
