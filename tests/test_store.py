@@ -292,7 +292,7 @@ def test_absolve_takes_back_only_the_charges_still_standing(store):
     store.fail(b, "sick host")
     retried = store.claim(exp.id, "w2", "cpu")
     assert retried.member == a.member  # the member furthest behind first
-    back = store.absolve(exp.id, [(a.id, 1), (b.id, 1)], "w", "worker w stops taking work: sick")
+    back = store.absolve(exp.id, {a.id: (1, 1), b.id: (1, 1)}, "w", "worker w stops taking work: sick")
     assert back == 1  # a is being retried by w2 already: its charge stands
     rows = {r.member: r for r in store.history(exp.id) if r.interval == 0}
     assert rows[a.member].attempts == 1 and rows[b.member].attempts == 0 and rows[b.member].state == PENDING

@@ -248,10 +248,10 @@ class Stopper:
 
 @dataclass
 class Streak:
-    """Failures of different members in a row on this worker: (task id, attempts after the
-    failure) each, and how many results the whole experiment had when the streak began."""
+    """Failures in a row on this worker: per task, (its attempts after the last failure, how
+    many failures); the members; how many results the experiment had when the streak began."""
 
-    charged: list[tuple[int, int]] = field(default_factory=list)
+    charged: dict[int, tuple[int, int]] = field(default_factory=dict)
     members: set[int] = field(default_factory=set)
     done_before: int = 0
 
@@ -445,7 +445,7 @@ class Worker:
         except LeaseLost:
             return
         checkpoints.delete(outcome.garbage)
-        self.streak.charged.append((task.id, task.attempts + 1))
+        self.streak.charged[task.id] = (task.attempts + 1, self.streak.charged.get(task.id, (0, 0))[1] + 1)
         self.streak.members.add(task.member)
         if len(self.streak.members) < STREAK:
             return

@@ -7,6 +7,7 @@ POPBT_TEST_NAN=M:K        member M, interval K evaluates to NaN, every attempt
 POPBT_TEST_FAIL_SEED=M:K  member M, interval K raises in train when it is trained with the seed of
                           its first attempt (a failure that depends on the random draw)
 POPBT_TEST_STEP_SECONDS=S each interval takes S more seconds, like real training
+POPBT_TEST_SICK=1         every train raises, whichever member: a worker on a broken GPU
 POPBT_TEST_LEASE=S        the experiment's lease, in seconds
 POPBT_TEST_RETRY_DELAY=S  the experiment's retry_delay (default 0: retried at once)
 """
@@ -54,6 +55,8 @@ def train(theta, hparams, interval, device):
     if hang:
         Path(hang[2], f"hang-{os.getpid()}").touch()
         time.sleep(float(os.environ.get("POPBT_TEST_HANG_SECONDS", "3600")))
+    if os.environ.get("POPBT_TEST_SICK"):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
     if _injected("POPBT_TEST_FAIL"):
         raise RuntimeError("injected failure")
     trial = popbt.current()

@@ -288,10 +288,11 @@ class Store(abc.ABC):
         Raises: LeaseLost if the lease was taken over."""
 
     @abc.abstractmethod
-    def absolve(self, experiment_id: int, charged: list[tuple[int, int]], worker: str, reason: str) -> int:
-        """Take back the attempts a faulty worker charged: ``charged`` is (task id, attempts
-        after its failure) per failure. Only tasks still as that failure left them change.
-        Returns how many were taken back; records a ``worker_fault`` event with ``reason``."""
+    def absolve(self, experiment_id: int, charged: dict[int, tuple[int, int]], worker: str, reason: str) -> int:
+        """Take back the attempts a faulty worker charged: ``charged`` maps a task id to (its
+        attempts after the worker's last failure of it, how many failures to take back). Only
+        tasks still as that last failure left them change. Returns how many attempts were taken
+        back; records a ``worker_fault`` event with ``reason``."""
 
     @abc.abstractmethod
     def settle(self, experiment_id: int, explore: Hook | None = None) -> Outcome:

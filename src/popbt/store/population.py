@@ -253,15 +253,26 @@ def maybe_finish(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> bool:
 
 def hopeless(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> bool:
     """Nothing ever succeeded and every member has failed its first interval at least once:
-    the code, not one member, is broken. Reads interval 0 only (and one row for any result)."""
-    t = s.tasks
+    the code, not one member, is broken. Unless one worker failed them all while another is
+    at work too: then that worker may be the broken thing (it blames itself soon enough).
+    Reads interval 0 only (and one row for any result)."""
+    t, e = s.tasks, s.events
     any_done = conn.execute(select(t.c.id).where(t.c.experiment_id == exp_id, t.c.state == DONE).limit(1)).first()
     if any_done is not None:
         return False
     failed_first = conn.execute(
         select(func.count()).where(t.c.experiment_id == exp_id, t.c.interval == 0, t.c.attempts > 0)
     ).scalar_one()
-    return failed_first >= cfg.population
+    if failed_first < cfg.population:
+        return False
+    failing = {
+        w
+        for (w,) in conn.execute(
+            select(e.c.worker).where(e.c.experiment_id == exp_id, e.c.kind == "failure", e.c.interval == 0).distinct()
+        )
+    }
+    claimers = {w for (w,) in conn.execute(select(t.c.worker).where(t.c.experiment_id == exp_id).distinct()) if w}
+    return len(failing) > 1 or claimers <= failing
 
 
 def first_failure(conn: Connection, exp_id: int) -> str | None:

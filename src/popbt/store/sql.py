@@ -378,19 +378,19 @@ class SQLStore(Store):
             return Outcome(over)
         return self._settle(task.experiment_id, snapshot, explore, False, [], [(task.member, task.interval)])
 
-    def absolve(self, experiment_id: int, charged: list[tuple[int, int]], worker: str, reason: str) -> int:
+    def absolve(self, experiment_id: int, charged: dict[int, tuple[int, int]], worker: str, reason: str) -> int:
         t = s.tasks
 
         def tx(conn: Connection) -> int:
             back = 0
-            for task_id, attempts in charged:
+            for task_id, (attempts, count) in charged.items():
                 # still as that failure left it: pending for a retry, or waiting for a replacement
                 res = conn.execute(
                     update(t)
                     .where(t.c.id == task_id, t.c.attempts == attempts, t.c.state.in_((PENDING, WAITING)))
-                    .values(state=PENDING, attempts=attempts - 1, retry_at=None)
+                    .values(state=PENDING, attempts=max(0, attempts - count), retry_at=None)
                 )
-                back += res.rowcount
+                back += res.rowcount * min(count, attempts)
             if back:
                 pop.bump(conn, experiment_id)  # a task waiting for its replacement may be claimable again
             pop.record_event(conn, experiment_id, -1, -1, "worker_fault", reason, worker, _now(conn))

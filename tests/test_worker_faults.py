@@ -1,0 +1,136 @@
+"""Faults that follow the worker, not the member: a device this machine lacks, a checkpoint
+disk that is full or read-only, a host on which everything fails. The worker stops taking
+work with one line (exit status 3), its members are not charged, and other workers carry on.
+
+The disks are real: a small tmpfs mounted over the experiment's checkpoint directory, filled
+up or remounted read-only while a worker trains (needs root, as CI runs).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import QUAD, popbt_cmd, require, run_popbt, unavailable
+from test_run import assert_complete, results, wait_for
+
+
+def create(runs: Path, *args: str) -> str:
+    out = run_popbt("run", QUAD, "--workers", "0", "--seed", "5", *args, "--dir", str(runs))
+    assert out.returncode == 0, out.stderr
+    return f"sqlite:///{runs / 'popbt.db'}"
+
+
+def charged(url: str) -> list:
+    """Failures, replacements and give-ups: what members are charged with."""
+    _, _, events = results(url, "quad")
+    return [e for e in events if e.kind in ("failure", "replaced", "gave_up")]
+
+
+def test_a_worker_given_a_device_this_machine_lacks_stops_before_claiming(tmp_path):
+    if require("torch").cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    url = create(tmp_path / "runs")
+    out = run_popbt("worker", QUAD, "--device", "cuda:0", "--dir", str(tmp_path / "runs"))
+    assert out.returncode == 3, out.stderr
+    assert "popbt: error: device cuda:0 is unusable: torch sees no CUDA device" in out.stderr
+    assert len([line for line in out.stderr.splitlines() if line.startswith("popbt: error:")]) == 1
+    _, rows, events = results(url, "quad")
+    assert {(r.state, r.attempts, r.worker) for r in rows} == {("pending", 0, None)}  # nothing claimed
+    assert not events
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A 1 MiB tmpfs where the experiment's checkpoints go."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        unavailable("mounting a tmpfs needs root")
+    ckpts = tmp_path / "runs" / "checkpoints" / "quad"
+    ckpts.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(ckpts)], capture_output=True)
+    if mounted.returncode != 0:
+        unavailable(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield ckpts
+    subprocess.run(["umount", "-l", str(ckpts)], capture_output=True)
+
+
+def fill(path: Path) -> None:
+    """Write zeros until the disk refuses (ENOSPC)."""
+    fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("how", ["full", "read-only"])
+def test_a_checkpoint_disk_that_fails_mid_run_stops_the_worker_and_charges_nobody(tmp_path, disk, how):
+    runs, markers = tmp_path / "runs", tmp_path / "markers"
+    markers.mkdir()
+    url = create(runs)
+    env = {**os.environ, "POPBT_TEST_HANG": f"1:0:{markers}", "POPBT_TEST_HANG_SECONDS": "1"}
+    worker = subprocess.Popen(popbt_cmd("worker", QUAD, "--dir", str(runs)), env=env, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any(markers.iterdir()), what="the worker to be training member 1")
+    if how == "full":
+        fill(disk)
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 3, err
+    [line] = [line for line in err.splitlines() if line.startswith("popbt: error:")]
+    assert f"checkpoint directory {disk} is unusable" in line
+    assert ("No space left on device" if how == "full" else "Read-only file system") in line
+    _, rows, events = results(url, "quad")
+    held = next(r for r in rows if (r.member, r.interval) == (1, 0))
+    assert (held.state, held.attempts) == ("pending", 0)  # handed back, not charged
+    assert [e.kind for e in events if e.kind != "lease_expired"] == ["released", "worker_fault"]
+    assert not charged(url)
+    # another start on the broken disk is refused before it claims anything
+    again = run_popbt("worker", QUAD, "--dir", str(runs))
+    assert again.returncode == 3 and "is unusable" in again.stderr
+    # the disk mended, a worker finishes the run
+    if how == "full":
+        (disk / "filler").unlink()
+    else:
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+    done = run_popbt("worker", QUAD, "--dir", str(runs))
+    assert done.returncode == 0, done.stderr
+    exp, rows, _ = results(url, "quad")
+    assert exp.status == "finished"
+    assert_complete(rows, 4, 6)
+    assert not charged(url)
+
+
+def test_a_worker_that_fails_every_member_while_others_succeed_stops_and_takes_its_charges_back(tmp_path):
+    """A host with a broken GPU raises in every train. Its failures are retried with backoff,
+    so it meets different members, and another worker succeeds meanwhile: it is to blame."""
+    runs = tmp_path / "runs"
+    url = create(runs, "--retry-delay", "1", "--intervals", "3")
+    healthy = subprocess.Popen(
+        popbt_cmd("worker", QUAD, "--dir", str(runs)),
+        env={**os.environ, "POPBT_TEST_STEP_SECONDS": "0.3"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: any(r.worker for r in results(url, "quad")[1]), what="the healthy worker to claim work")
+    sick = run_popbt("worker", QUAD, "--dir", str(runs), env={"POPBT_TEST_SICK": "1"})
+    assert sick.returncode == 3, sick.stderr
+    assert "failed 3 different members in a row while other workers succeeded" in sick.stderr
+    assert "CUDA error" in sick.stderr and "its failures are not counted" in sick.stderr
+    _, err = healthy.communicate(timeout=180)
+    assert healthy.returncode == 0, err
+    exp, rows, events = results(url, "quad")
+    assert exp.status == "finished"
+    assert_complete(rows, 4, 3)
+    failures = [e for e in events if e.kind == "failure"]
+    assert len({e.member for e in failures}) >= 3 and all("CUDA error" in e.message for e in failures)
+    assert [e.kind for e in events if e.kind == "worker_fault"] == ["worker_fault"]
+    assert not [e for e in events if e.kind in ("replaced", "gave_up")]  # nobody paid for the sick host
+    assert all(r.attempts == 0 for r in rows if r.state == "done")
