@@ -422,3 +422,37 @@ def test_a_string_score_is_refused_and_a_nan_metric_is_stored_as_null():
     with pytest.raises(ScoreError):
         split_score("0.5", "score")  # a string is not a score, even one that looks like a number
     assert split_score({"score": 0.5, "loss": float("nan")}, "score") == (0.5, {"loss": None})
+
+
+def test_two_databases_sharing_a_run_directory_keep_each_others_checkpoints(tmp_path):
+    """Two experiments called ``faulty`` in one --dir, recorded in two databases (the default
+    popbt-runs with different --storage), and a user's own file in the checkpoint directory:
+    each run's sweep deletes only its own orphans."""
+    runs = tmp_path / "runs"
+    ckpts = runs / "checkpoints" / "faulty"
+    ckpts.mkdir(parents=True)
+    pretrained = ckpts / "pretrained.ckpt"
+    pretrained.write_bytes(b"the user's own weights")
+    os.utime(pretrained, (1_000_000_000, 1_000_000_000))
+    urls = [f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db")]
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    launchers = [
+        subprocess.Popen(
+            popbt_cmd("run", FAULTY, "--workers", "1", "--storage", url, "--dir", str(runs)),
+            env={**os.environ, **switches(tmp_path / name, FAULTY_STEP_SECONDS="0.02")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for url, name in zip(urls, ("a", "b"))
+    ]
+    for p in launchers:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+    for url in urls:
+        exp, rows, _ = results(url, "faulty")
+        assert exp.status == "finished"
+        assert_complete(rows, 4, 4)
+        assert_live_checkpoints_intact(url)  # the final weights of both are there
+    assert pretrained.read_bytes() == b"the user's own weights"
