@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import subprocess
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -19,6 +21,7 @@ import popbt
 from conftest import QUAD, SPECS, popbt_cmd, require, run_popbt
 from popbt.experiment import ConfigError
 from popbt.store import open_store, schema
+from popbt.worker import Worker
 from test_run import results, wait_for
 
 FAULTY = str(SPECS / "faulty.py")
@@ -434,3 +437,32 @@ def test_two_launchers_creating_one_experiment_at_once_both_join_it(pg_url, tmp_
     for t in threads:
         t.join(timeout=60)
     assert not errors and len(found) == 2 and found[0] == found[1]
+
+
+def test_scratch_copies_of_database_checkpoints_go_to_a_fresh_private_directory(tmp_path, monkeypatch):
+    """The bytes of a checkpoint kept in the database are written to local scratch, verified,
+    then loaded: another local user must not be able to pre-create that directory or swap a
+    verified file in. Earlier popbt versions used the predictable $TMPDIR/popbt-<uid>/."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tempfile.tempdir = None  # re-read TMPDIR
+    try:
+        trap = tmp_path / f"popbt-{os.getuid()}"
+        trap.mkdir(mode=0o777)
+        os.chmod(trap, 0o777)  # what an attacker would leave: writable by anyone
+        url = f"sqlite:///{tmp_path / 'popbt.db'}"
+        popbt.run(QUAD, workers=0, checkpoints="db", storage=url, dir=tmp_path / "runs", intervals=2)
+        store = open_store(url)
+        try:
+            exp = store.experiment("quad")
+            worker = Worker(store, exp, popbt.load_spec(QUAD))
+            st = worker.scratch.stat()
+            assert worker.scratch.parent == tmp_path and worker.scratch != trap
+            assert st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
+            worker.run()
+            assert not worker.scratch.exists()  # removed when the worker stops
+            assert store.experiment("quad").status == "finished"
+        finally:
+            store.close()
+        assert list(trap.iterdir()) == []  # never used
+    finally:
+        tempfile.tempdir = None
