@@ -36,7 +36,7 @@ EXPLOITS = [(3, 0, 0, 1), (0, 1, 1, 2)]  # (donor, donor_interval, member, inter
 
 
 def config(name: str = "hand", spec: str = "recorder", **kw) -> ExperimentConfig:
-    values = dict(population=4, intervals=3, seed=1, sync=True, metric="acc")
+    values = dict(population=4, intervals=3, seed=1, sync=True, metric="acc", retry_delay=0.0)
     values.update(kw)
     return ExperimentConfig(name=name, spec=spec, space=SPACE, **values)
 

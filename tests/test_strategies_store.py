@@ -22,7 +22,7 @@ PERTURB_RULES = {"x0.8", "x1.2", "resample"}
 
 
 def config(name="exp", **kw) -> ExperimentConfig:
-    values = dict(population=4, intervals=10, seed=1, max_attempts=2)
+    values = dict(population=4, intervals=10, seed=1, max_attempts=2, retry_delay=0.0)
     values.update(kw)
     return ExperimentConfig(name=name, spec="quad", space=values.pop("space", SPACE), **values)
 

@@ -102,7 +102,8 @@ def run(spec: Any, *, console: Console | None = None, **options: Any) -> RunSumm
     device_list = devices.parse_devices(options.get("devices"))
     n = _workers(options.get("workers"), loaded, device_list)
     kinds = _log_kinds(options.get("log"))
-    checkpoints_at = _checkpoint_base(options.get("checkpoints"), locate(options.get("dir"), options.get("storage")))
+    checked = place(options.get("dir"), options.get("storage"), dry_run=True)
+    checkpoints_at = _checkpoint_base(options.get("checkpoints"), checked)  # both checked: nothing written yet
     where = place(options.get("dir"), options.get("storage"))
     store = open_store(where.storage)
     try:

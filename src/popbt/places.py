@@ -38,18 +38,15 @@ def locate(dir: str | os.PathLike | None = None, storage: str | None = None) -> 
     return Place(root, url or sqlite_url(root / "popbt.db"))
 
 
-def place(dir: str | os.PathLike | None = None, storage: str | None = None) -> Place:
+def place(dir: str | os.PathLike | None = None, storage: str | None = None, dry_run: bool = False) -> Place:
     """Resolve the place as ``locate`` does, then make sure ``popbt run`` can use it: the run
     directory is created when the database goes in it, and probed (left as it was) when only
-    checkpoints and logs will."""
+    checkpoints and logs will, or with ``dry_run`` (checks that leave nothing behind)."""
     where = locate(dir, storage)
     url = storage or os.environ.get("POPBT_STORAGE")
     if url is not None:
         check_sqlite_path(url)  # before anything is written
-    if url is None:  # the database goes in it
-        _make_dir(where.dir)
-    else:  # checkpoints and logs will: make sure it can be, but leave nothing behind yet
-        _make_dir(where.dir, probe=True)
+    _make_dir(where.dir, probe=dry_run or url is not None)
     return where
 
 
