@@ -9,6 +9,7 @@ process exit.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -22,12 +23,12 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 
-from conftest import SPECS, popbt_cmd, run_popbt
+from conftest import QUAD, SPECS, popbt_cmd, run_popbt
 from popbt import checkpoints
 from popbt.experiment import load_spec
 from popbt.store import StoreError, open_store
 from popbt.worker import Worker
-from test_run import assert_complete, results, wait_for
+from test_run import assert_complete, done_count, results, wait_for
 
 FAULTY = str(SPECS / "faulty.py")
 LEASE = "2"
@@ -456,3 +457,35 @@ def test_two_databases_sharing_a_run_directory_keep_each_others_checkpoints(tmp_
         assert_complete(rows, 4, 4)
         assert_live_checkpoints_intact(url)  # the final weights of both are there
     assert pretrained.read_bytes() == b"the user's own weights"
+
+
+def test_a_sqlite_file_deleted_mid_run_stops_the_run_and_its_history_is_salvaged(tmp_path):
+    """Deleting popbt.db while the run goes on: nobody may write on into a file nobody can open
+    any more. The run stops, non-zero, saying so; the first writer to notice saved what it
+    could still read, and every result a worker committed is in that copy."""
+    runs = tmp_path / "runs"
+    env = {**os.environ, "POPBT_TEST_STEP_SECONDS": "0.2"}
+    launcher = subprocess.Popen(
+        popbt_cmd("run", QUAD, "--workers", "2", "--intervals", "30", "--dir", str(runs)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    db = runs / "popbt.db"
+    wait_for(lambda: db.exists() and done_count(f"sqlite:///{db}", "quad") >= 4, what="a few results")
+    db.unlink()
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 2, err
+    [line] = [x for x in err.splitlines() if x.startswith("popbt: error:")]
+    assert f"database file {db} was deleted while in use" in line and "saved in" in line
+    salvaged = runs / "popbt.db.salvaged"
+    with sqlite3.connect(salvaged) as conn:
+        saved = set(conn.execute("SELECT member, interval FROM popbt_tasks WHERE state = 'done'"))
+    logged = set()
+    for log in (runs / "logs" / "quad").glob("*.log"):
+        logged |= {
+            (int(m), int(k)) for m, k in re.findall(r"popbt\.worker member (\d+) interval (\d+): Q=", log.read_text())
+        }
+    assert len(logged) >= 4 and logged <= saved  # nothing a worker committed is lost
+    assert not db.exists()  # nothing recreated an empty database in its place

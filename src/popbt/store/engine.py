@@ -172,8 +172,9 @@ class Database:
                 with self.engine.connect() as conn:
                     if read:
                         conn.execution_options(popbt_read=True)
+                    if self._file_changed():
+                        raise self._file_gone(conn)
                     with conn.begin():
-                        self._check_file(conn, write=not read)
                         return fn(conn)
             except DataError as e:
                 raise Rejected(f"the database refused the data: {first_line(e)}") from None
@@ -183,52 +184,62 @@ class Database:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _check_file(self, conn: Connection, write: bool) -> None:
-        """A sqlite file deleted or replaced while in use: stop. A writer first saves a copy of
-        what its connection still sees (it reads the deleted file through its open descriptor):
-        it holds the write lock, so no commit can land after the copy; a reader only raises."""
+    def _file_changed(self) -> bool:
+        """Whether the sqlite file is gone, or another file, since this store first used it."""
         if self.file is None:
-            return
+            return False
         try:
             st = os.stat(self.file)
             identity = (st.st_dev, st.st_ino)
         except FileNotFoundError:
             identity = None
-        if self._identity is None and identity is not None:
+        if self._identity is None:
             self._identity = identity
-            return
-        if identity == self._identity:
-            return
-        copy = self._salvage(conn) if write else self.salvaged()
-        what = "deleted" if identity is None else "replaced by another file"
-        saved = f"; the history this process could still read is saved in {copy}" if copy else ""
-        raise StoreError(f"database file {self.file} was {what} while in use: popbt stops here{saved}")
+            return False
+        return identity != self._identity
+
+    def _file_gone(self, conn: Connection) -> StoreError:
+        """The sqlite file was deleted or replaced while in use: nobody may write on into a
+        file nobody can open any more. The first process to notice saves what its connection
+        still reads (through the descriptor it holds) next to where the file was."""
+        what = "deleted" if not self.file.exists() else "replaced by another file"
+        copy = self.salvaged() or self._salvage(conn)
+        saved = f"; the history up to then is saved in {copy}" if copy else ""
+        return StoreError(f"database file {self.file} was {what} while in use: popbt stops here{saved}")
 
     def salvaged(self) -> Path | None:
-        """The copy a writer saved when it found the database file deleted, if any."""
+        """The copy made when the database file was found deleted, if any."""
         if self.file is None:
             return None
         target = self.file.with_name(self.file.name + ".salvaged")
         return target if target.exists() else None
 
     def _salvage(self, conn: Connection) -> Path | None:
-        """Copy the database this connection still has open next to where it was, once."""
+        """Copy every table and index into a new file, holding the write lock, so that no
+        commit lands after the copy (sqlite's backup API cannot run under that lock)."""
         target = self.file.with_name(self.file.name + ".salvaged")
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             return target
         except OSError:
             return None
-        os.close(fd)
+        raw = conn.connection.driver_connection
         try:
-            raw = conn.connection.driver_connection
-            dest = sqlite3.connect(target)
-            try:
-                raw.backup(dest)
-            finally:
-                dest.close()
-        except Exception:
+            raw.execute("ATTACH DATABASE ? AS salvage", (str(target),))
+            raw.execute("BEGIN IMMEDIATE")
+            rows = raw.execute(
+                "SELECT type, name, sql FROM main.sqlite_master WHERE sql IS NOT NULL ORDER BY type = 'index'"
+            ).fetchall()
+            for kind, name, sql in rows:
+                if kind == "table":
+                    raw.execute(re.sub(r"(?i)^CREATE TABLE\s+", "CREATE TABLE salvage.", sql, count=1))
+                    raw.execute(f'INSERT INTO salvage."{name}" SELECT * FROM main."{name}"')
+                elif kind == "index":
+                    raw.execute(re.sub(r"(?i)^CREATE (UNIQUE )?INDEX\s+", r"CREATE \1INDEX salvage.", sql, count=1))
+            raw.execute("COMMIT")
+            raw.execute("DETACH DATABASE salvage")
+        except sqlite3.Error:
             return None
         return target
 
