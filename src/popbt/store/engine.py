@@ -37,6 +37,9 @@ SECRET_KEYS = ("password", "passwd", "pwd", "sslpassword")
 # A dropped network must surface as an error within seconds, not hang on TCP retransmits:
 # the worker then retries, and gives up (stops taking work) once its lease has run out.
 PG_CONNECT = {
+    # no server-side prepared statements: they are session state, which a pooler in
+    # transaction mode (PgBouncer before 1.21) cannot carry from one transaction to the next
+    "prepare_threshold": None,
     "connect_timeout": 5,
     "keepalives": 1,
     "keepalives_idle": 5,
