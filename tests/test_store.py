@@ -308,27 +308,40 @@ def test_a_spec_change_is_recorded_with_the_experiment(store):
     assert store.events(exp.id, kinds=("spec_changed",))[0].worker == "launcher"
 
 
-# Columns each schema version added: dropping them turns a database into an older popbt's.
+# What each schema version added: undoing it turns a database into an older popbt's.
 ADDED = {
-    2: [("popbt_experiments", "version")],
-    3: [("popbt_experiments", "uid"), ("popbt_tasks", "retry_at"), ("popbt_events", "detail")],
+    2: ["ALTER TABLE popbt_experiments DROP COLUMN version"],
+    3: [
+        "ALTER TABLE popbt_experiments DROP COLUMN uid",
+        "ALTER TABLE popbt_tasks DROP COLUMN retry_at",
+        "ALTER TABLE popbt_events DROP COLUMN detail",
+    ],
+    4: [
+        "DROP TABLE popbt_members",
+        "DROP INDEX popbt_events_by_experiment",
+        "ALTER TABLE popbt_experiments DROP COLUMN gc_floor",
+    ],
 }
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_a_database_of_an_older_popbt_is_upgraded_in_place(storage, version):
     store = open_store(storage)
     exp = store.create_experiment(config(), "/tmp")
+    first_interval(store, exp, order=[3, 2, 1, 0])  # some history to upgrade
     with store.engine.begin() as conn:
-        for added in range(version + 1, schema_version() + 1):
-            for table, column in ADDED[added]:
-                conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+        for added in range(schema_version(), version, -1):
+            for statement in ADDED[added]:
+                conn.exec_driver_sql(statement)
         conn.execute(update(schema.meta).values(value=str(version)))
     store.close()
     store = open_store(storage)
     try:
         upgraded = store.experiment(exp.name)
         assert len(upgraded.uid) == 32  # its checkpoint files get an identity from now on
+        assert [(h.member, h.age, h.score, h.done) for h in store.heads(exp.id)] == [
+            (m, 0, float(m), 1) for m in range(4)
+        ]
         drain(store, upgraded)
         assert store.progress(exp.id).finished
     finally:
@@ -422,7 +435,7 @@ def test_a_plan_made_from_a_snapshot_that_moved_on_is_refused_and_nothing_is_wri
     assert {d.member for d in stale.decisions} == {1, 2}  # kept: members scored below them
     store.report(tasks[3], result(3.0, "/ckpt/3-0"))  # the population moves on and decides everyone
     with store.engine.begin() as conn:
-        assert population.apply(conn, exp.id, stale, 0.0) is False
+        assert population.apply(conn, exp.id, stale) is False
     assert len([r for r in store.history(exp.id) if r.interval == 1]) == 4
     assert [(x.member, x.donor) for x in store.exploits(exp.id)] == [(0, 3)]  # decided once
 
@@ -434,13 +447,17 @@ def test_the_checkpoints_kept_are_the_starts_the_heads_and_the_interval_a_copy_m
     from popbt.store.population import dead_checkpoints
 
     K = namedtuple("K", "id member interval")
+    H = namedtuple("H", "member age checkpoint_id given_up_at")
     kept = [K(10 * m + k, m, k) for m in range(3) for k in range(4) if not (m == 2 and k == 3)]
+    heads = [H(0, 3, 3, None), H(1, 3, 13, None), H(2, 2, 22, None)]
     # members 0 and 1 reported interval 3, member 2 only 2: interval 3 is the oldest incomplete,
     # so results of interval 2 may still be copied (a replacement of member 2's interval 3)
-    dead = {k.id for k in dead_checkpoints(kept, starts={1}, stopped=set(), population=3)}
+    dead = {k.id for k in dead_checkpoints(kept, starts={1}, heads=heads)}
     assert dead == {0, 10, 20, 11, 21}  # intervals 0 and 1, except member 0's interval 1 (a start)
     # member 2 given up: the oldest incomplete interval is 4, interval 3 may still be copied
-    dead = {k.id for k in dead_checkpoints(kept, starts=set(), stopped={2}, population=3)}
+    heads[2] = H(2, 2, 22, 3)
+    dead = {k.id for k in dead_checkpoints(kept, starts=set(), heads=heads)}
     assert dead == {0, 1, 2, 10, 11, 12, 20, 21}  # member 2's interval 2 is its final model
     # someone has reported nothing yet: nothing can be dropped but starts of nothing
-    assert dead_checkpoints(kept, starts=set(), stopped=set(), population=4) == []
+    heads = [*heads[:2], H(2, 2, 22, None), H(3, -1, None, None)]
+    assert dead_checkpoints(kept, starts=set(), heads=heads) == []

@@ -20,7 +20,7 @@ from .history import History, read, run_dir
 from .space import space_to_json
 from .spec import Spec, load_spec
 from .store import NotFound
-from .worker import Trial, in_trial, seed_everything, seed_for, split_score
+from .worker import Trial, in_trial, seed_everything, seed_for, split_score, train_seed
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,8 @@ def train_schedule(
     for step in steps:
         hparams = dict(step.hparams)
         trial_seed = seed_for(cfg.seed, step.member, step.interval, step.attempts, step.replacements)
-        with in_trial(Trial(history.experiment.name, step.member, step.interval, device, trial_seed)):
+        trial = Trial(history.experiment.name, step.member, step.interval, device, trial_seed, cfg.intervals)
+        with in_trial(trial):
             seed_everything(trial_seed)  # as the worker does, so popbt.current() and the random streams match
             fresh = spec.build(hparams, device)
             if state is None:
@@ -122,6 +123,7 @@ def train_schedule(
                 del fresh
                 if spec.apply is not None:
                     spec.apply(state, hparams)
+            seed_everything(train_seed(trial_seed))
             spec.train(state, hparams, step.interval, device)
             score, _ = split_score(spec.evaluate(state, device), cfg.metric)
         done.append(ReplayStep(step.interval, step.member, hparams, step.score, score))

@@ -48,6 +48,10 @@ class Spec:
     digest: str | None = None  # sha256 of the spec's source (None: unknown)
     source: Any = None  # the object it was made from, when it is not a file or module (a notebook's)
     name: str | None = None  # the default experiment name, when the reference does not give one
+    # a worker that trains a member's next interval right after its last may go on with the
+    # state in memory (no rebuild, no reload); a spec whose save() or load() does more than
+    # write and read the state says reuse_state = False
+    reuse_state: bool = True
 
     @property
     def stem(self) -> str:
@@ -212,8 +216,18 @@ def _spec(ref: str, obj: Any, digest: str | None) -> Spec:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise SpecError(f"spec {ref!r}: workers must be an integer of at least 0, got {workers!r}")
         defaults["workers"] = workers
+    reuse = getattr(obj, "reuse_state", True)
+    if not isinstance(reuse, bool):
+        raise SpecError(f"spec {ref!r}: reuse_state must be True or False, got {reuse!r}")
     return Spec(
-        ref, space, *(getattr(obj, n) for n in REQUIRED), apply=apply, defaults=defaults, explore=hook, digest=digest
+        ref,
+        space,
+        *(getattr(obj, n) for n in REQUIRED),
+        apply=apply,
+        defaults=defaults,
+        explore=hook,
+        digest=digest,
+        reuse_state=reuse,
     )
 
 

@@ -52,6 +52,7 @@ class Trial:
     interval: int
     device: str
     seed: int
+    intervals: int = 0  # how many intervals the experiment has (what a schedule may span)
 
 
 _current: contextvars.ContextVar[Trial | None] = contextvars.ContextVar("popbt_trial", default=None)
@@ -101,6 +102,13 @@ def seed_for(seed: int, member: int, interval: int, attempts: int = 0, replaceme
     if attempts or replacements:
         key += f":{replacements}:{attempts}"
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+
+
+def train_seed(seed: int) -> int:
+    """The seed train() starts from, drawn from the attempt's seed: train sees the same random
+    stream whether its state was just built and loaded or kept in memory from the interval
+    before (build's draws do not shift it)."""
+    return int.from_bytes(hashlib.sha256(f"popbt-train:{seed}".encode()).digest()[:4], "little")
 
 
 def seed_everything(seed: int) -> None:
@@ -247,6 +255,17 @@ class Stopper:
 
 
 @dataclass
+class Kept:
+    """The state this worker just saved for ``member``: the start of its next interval, which
+    the worker trains without rebuilding or reloading it when it claims that interval next."""
+
+    member: int
+    interval: int
+    path: str
+    state: Any
+
+
+@dataclass
 class Streak:
     """Failures in a row on this worker: per task, (its attempts after the last failure, how
     many failures); the members; how many results the experiment had when the streak began."""
@@ -283,6 +302,9 @@ class Worker:
         self.stats = WorkerStats()
         self.heartbeat = Heartbeat(store, self.config.lease_seconds / 3)
         self.streak = Streak()
+        self.kept: Kept | None = None
+        self._state: Any = None  # the state of the interval just trained, until it is kept or dropped
+        self.reused = 0  # intervals trained on a state kept in memory
         self.stopper: Stopper | None = None
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"--threads must be a positive integer, got {threads!r}")
@@ -322,7 +344,8 @@ class Worker:
     def _loop(self, stop: threading.Event, poll: float) -> None:
         idle, idle_since = 0.05, None
         while not stop.is_set():
-            task = self.store.claim(self.experiment.id, self.name, self.device)
+            prefer = (self.kept.member, self.kept.interval) if self.kept else None
+            task = self.store.claim(self.experiment.id, self.name, self.device, prefer=prefer)
             if task is None:
                 progress = self.store.progress(self.experiment.id)
                 if progress.over:
@@ -334,7 +357,8 @@ class Worker:
                 if now - idle_since >= SETTLE_AFTER:  # a decision nobody took (its reporter died)?
                     checkpoints.delete(self.store.settle(self.experiment.id, self.spec.explore).garbage)
                     idle_since = now
-                stop.wait(idle)  # others are training the rest (sync: the generation)
+                # others are training the rest (sync: the generation); a report wakes us at once
+                self.store.wait_for_work(self.experiment.id, idle, stop)
                 idle = min(idle * 2, poll)
                 continue
             idle, idle_since = 0.05, None
@@ -362,6 +386,7 @@ class Worker:
             if lost():
                 self._lost(task, written.path)
                 return
+        self.kept = None
         try:
             outcome = self.store.report(task, self._result(score, metrics, written), explore=self.spec.explore)
         except LeaseLost:
@@ -377,17 +402,29 @@ class Worker:
         checkpoints.delete(outcome.garbage)
         self.stats.done += 1
         self.streak = Streak()
+        if self.spec.reuse_state and not self.experiment.checkpoints_in_db and task.interval + 1 < cfg.intervals:
+            self.kept = Kept(task.member, task.interval + 1, written.path, self._state)
         copied = f" -> next copies member {outcome.exploited_from}" if outcome.exploited_from is not None else ""
         log.info("member %d interval %d: %s=%.6g%s", task.member, task.interval, cfg.metric, score, copied)
 
     def _train(self, task: Task) -> tuple[float, dict, checkpoints.Written]:
-        spec, hparams, device = self.spec, dict(task.hparams), self.device
-        seed = seed_for(self.config.seed, task.member, task.interval, task.attempts, task.replacements)
-        with in_trial(Trial(self.experiment.name, task.member, task.interval, device, seed)):
-            path = self._fetch(task.start) if task.start is not None else None
+        spec, hparams, device, cfg = self.spec, dict(task.hparams), self.device, self.config
+        seed = seed_for(cfg.seed, task.member, task.interval, task.attempts, task.replacements)
+        kept, self.kept, self._state = self.kept, None, None
+        reuse = (
+            kept is not None and task.start is not None and (task.member, task.start.path) == (kept.member, kept.path)
+        )
+        if not reuse:
+            kept = None  # let it go before building another: a GPU may not hold two models
+        with in_trial(Trial(self.experiment.name, task.member, task.interval, device, seed, cfg.intervals)):
+            path = self._fetch(task.start) if task.start is not None and not reuse else None
             with self.stopper.user_code() if self.stopper else contextlib.nullcontext():
                 seed_everything(seed)
-                state = spec.build(hparams, device)
+                if reuse:  # the state this worker saved at the end of the member's interval before
+                    state = kept.state
+                    self.reused += 1
+                else:
+                    state = spec.build(hparams, device)
                 if path is not None:
                     try:
                         loaded = spec.load(state, path)
@@ -395,11 +432,12 @@ class Worker:
                         if path != task.start.path:  # a scratch copy of bytes kept in the database
                             checkpoints.delete([path])
                     state = state if loaded is None else loaded
-                    if spec.apply is not None:
-                        spec.apply(state, hparams)
+                if task.start is not None and spec.apply is not None:
+                    spec.apply(state, hparams)
+                seed_everything(train_seed(seed))
                 extra = spec.train(state, hparams, task.interval, device)
                 score, metrics = split_score(
-                    spec.evaluate(state, device), self.config.metric, nonfinite=self.config.nonfinite == "worst"
+                    spec.evaluate(state, device), cfg.metric, nonfinite=cfg.nonfinite == "worst"
                 )
                 if isinstance(extra, dict):
                     metrics = {**{k: _plain(v) for k, v in extra.items()}, **metrics}
@@ -407,6 +445,7 @@ class Worker:
                     written = self.ckpt_dir.write(task.member, task.interval, task.token, lambda p: spec.save(state, p))
                 except Exception as e:
                     raise _SaveFailed(e) from e
+        self._state = state
         return score, metrics, written
 
     def _fetch(self, start: Checkpoint) -> str:

@@ -8,6 +8,7 @@ nothing outside the store can mistake them for live state.
 from __future__ import annotations
 
 import abc
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from ..config import ExperimentConfig
 from ..errors import PopbtError
 from ..plan import Hook
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Task states. A task is "train member m for interval k". WAITING: its start (own weights or
 # a donor's, and the hyperparameters) is not decided yet, so nobody may claim it.
@@ -188,7 +189,25 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Head:
+    """A member as the population stands: its latest result (``age`` -1: none yet), how many
+    results it has, its best score ever, and the interval it was given up at (if it was)."""
+
+    member: int
+    age: int
+    score: float | None
+    checkpoint: int | None
+    done: int
+    best_seen: float | None
+    given_up_at: int | None
+
+
+@dataclass(frozen=True)
 class Progress:
+    """``best_member``/``best_score``: the best model so far (best score at the latest interval
+    any member completed; the best final model once finished). ``best_seen``: the best score
+    ever reported, whose checkpoint may be gone: label it so wherever it is shown."""
+
     total: int
     done: int
     failed: int
@@ -197,6 +216,7 @@ class Progress:
     best_score: float | None
     finished: bool
     status: str = ExperimentStatus.RUNNING
+    best_seen: float | None = None
 
     @property
     def over(self) -> bool:
@@ -266,8 +286,15 @@ class Store(abc.ABC):
     # -- the queue ------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def claim(self, experiment_id: int, worker: str, device: str) -> Task | None:
-        """A task leased to ``worker``, or None when nothing is claimable right now."""
+    def claim(self, experiment_id: int, worker: str, device: str, prefer: tuple[int, int] | None = None) -> Task | None:
+        """A task leased to ``worker``, or None when nothing is claimable right now.
+        ``prefer`` (member, interval): that task if it is claimable and its member is not more
+        than a few intervals ahead of the slowest (affinity: the worker still holds its state)."""
+
+    @abc.abstractmethod
+    def wait_for_work(self, experiment_id: int, timeout: float, stop: threading.Event | None = None) -> None:
+        """Block until work may have become claimable (a report, a decision, a hand-back),
+        ``stop`` is set, or ``timeout`` seconds passed. Spurious wake-ups are allowed."""
 
     @abc.abstractmethod
     def heartbeat(self, task: Task) -> bool:
@@ -320,15 +347,24 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def progress(self, experiment_id: int) -> Progress:
-        """Counts of tasks by state, the best score so far, whether the run is finished."""
+        """Intervals done, members given up, tasks running, the best model so far, the status;
+        read from the members' heads (its cost is the population's, not the history's)."""
+
+    @abc.abstractmethod
+    def heads(self, experiment_id: int) -> list[Head]:
+        """Each member's head (latest result, results so far, best score ever, given up at)."""
+
+    @abc.abstractmethod
+    def running(self, experiment_id: int) -> list[Row]:
+        """The tasks being trained now (who trains what), read by index, not from the history."""
 
     @abc.abstractmethod
     def history(self, experiment_id: int) -> list[Row]:
         """Every (member, interval) row, ordered by interval then member."""
 
     @abc.abstractmethod
-    def exploits(self, experiment_id: int) -> list[Exploit]:
-        """Every recorded copy, in the order they were decided."""
+    def exploits(self, experiment_id: int, latest: int | None = None) -> list[Exploit]:
+        """Every recorded copy (or the ``latest`` few), in the order they were decided."""
 
     @abc.abstractmethod
     def events(self, experiment_id: int, limit: int = 20, kinds: tuple[str, ...] = ()) -> list[Event]:

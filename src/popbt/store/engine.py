@@ -18,12 +18,13 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import String, bindparam, create_engine, event, func, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DataError, OperationalError, SQLAlchemyError
 
@@ -108,6 +109,8 @@ class Database:
         self.dialect = backend
         self.file: Path | None = None
         self._identity: tuple[int, int] | None = None
+        self._listener = None  # PostgreSQL: the connection idle workers LISTEN on
+        self._channels: set[str] = set()
         if backend == "sqlite":
             self.engine = self._sqlite_engine(parsed)
             database = parsed.database
@@ -246,8 +249,79 @@ class Database:
             return None
         return target
 
+    # -- waking idle workers
+
+    def notify(self, conn: Connection, channel: str) -> None:
+        """Inside a transaction that made work claimable: wake the workers waiting on
+        ``channel`` when it commits (PostgreSQL's NOTIFY; sqlite's waiters watch the file)."""
+        if self.dialect == "postgresql":
+            conn.execute(NOTIFY, {"channel": channel})
+
+    def wait(self, channel: str, timeout: float, stop: threading.Event) -> None:
+        """Return when ``channel`` is notified, the database changed, ``stop`` is set, or after
+        ``timeout`` seconds: whichever comes first. Spurious wake-ups are allowed."""
+        if self.dialect == "postgresql":
+            self._listen(channel, timeout, stop)
+        elif self.file is not None:
+            self._watch_file(timeout, stop)
+        else:
+            stop.wait(timeout)
+
+    def _listen(self, channel: str, timeout: float, stop: threading.Event) -> None:
+        """LISTEN on a connection of its own. Behind a pooler in transaction mode nothing comes
+        through and this is a plain sleep: polling, as on sqlite, is the fallback."""
+        try:
+            if self._listener is None or self._listener.closed:
+                args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+                self._listener = psycopg_connect(*args, **{**kwargs, "autocommit": True})
+                self._channels = set()
+            if channel not in self._channels:
+                self._listener.execute(f'LISTEN "{channel}"')
+                self._channels.add(channel)
+            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                break
+        except Exception:  # the listener is an optimisation: a broken one only means polling
+            self._close_listener()
+            stop.wait(timeout)
+
+    def _watch_file(self, timeout: float, stop: threading.Event) -> None:
+        """sqlite: every commit writes the WAL file; a change of its size or time is a commit."""
+        wal = self.file.with_name(self.file.name + "-wal")
+        deadline = time.monotonic() + timeout
+        seen = _stamp(wal)
+        while not stop.wait(WATCH_EVERY) and time.monotonic() < deadline:
+            if _stamp(wal) != seen:
+                return
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except Exception:
+                pass
+        self._listener = None
+
     def dispose(self) -> None:
+        self._close_listener()
         self.engine.dispose()
+
+
+WATCH_EVERY = 0.01  # seconds between looks at a sqlite WAL file while waiting for work
+NOTIFY = select(func.pg_notify(bindparam("channel", type_=String), ""))
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def psycopg_connect(*args, **kwargs):
+    import psycopg
+
+    return psycopg.connect(*args, **kwargs)
 
 
 def _pg_session(dbapi_conn, _record) -> None:

@@ -12,49 +12,40 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.engine import Connection
 
 from .. import pb2
 from ..config import ExperimentConfig
 from ..plan import Plan, Result, Snapshot, Waiting
 from ..strategy import Trained
+from . import queries as q
 from . import schema as s
-from .base import ACTIVE, DONE, FAILED, IN_DATABASE, PENDING, RUNNING, WAITING, CheckpointState, ExperimentStatus
+from .base import DONE, IN_DATABASE, PENDING, RUNNING, CheckpointState, ExperimentStatus
 
 
-def bump(conn: Connection, exp_id: int) -> None:
-    """Mark the population as changed. On PostgreSQL this also takes the experiment's row lock
-    until the commit, so changes of one experiment are serialised (READ COMMITTED would
-    otherwise let two reports each miss the other's result)."""
-    conn.execute(update(s.experiments).where(s.experiments.c.id == exp_id).values(version=s.experiments.c.version + 1))
+def bump(conn: Connection, exp_id: int) -> tuple[int, int]:
+    """Mark the population as changed; its new version and the garbage floor. On PostgreSQL
+    this also takes the experiment's row lock until the commit, so changes of one experiment
+    are serialised (READ COMMITTED would otherwise let two reports each miss the other's)."""
+    row = conn.execute(q.BUMP, {"exp": exp_id}).one()
+    return row.version, row.gc_floor
 
 
-def read_snapshot(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> Snapshot:
-    """What a plan may read. The version is read first: whatever changes after it also moves
-    the version, so a plan made from a mixed read is refused when applied."""
-    t = s.tasks
-    version = conn.execute(select(s.experiments.c.version).where(s.experiments.c.id == exp_id)).scalar_one()
+def read_snapshot(conn: Connection, cfg: ExperimentConfig, exp_id: int, version: int | None = None) -> Snapshot:
+    """What a plan may read. The version is read first (or given: the one this transaction
+    just set): whatever changes after it also moves the version, so a plan made from a mixed
+    read is refused when applied."""
+    if version is None:
+        version = conn.execute(q.VERSION, {"exp": exp_id}).scalar_one()
     waiting = [
         Waiting(r.id, r.member, r.interval, dict(r.hparams), r.start_checkpoint_id, r.attempts, r.replacements)
-        for r in conn.execute(
-            select(
-                t.c.id, t.c.member, t.c.interval, t.c.hparams, t.c.start_checkpoint_id, t.c.attempts, t.c.replacements
-            )
-            .where(t.c.experiment_id == exp_id, t.c.state == WAITING)
-            .order_by(t.c.interval, t.c.member)
-        )
+        for r in conn.execute(q.WAITING_TASKS, {"exp": exp_id})
     ]
     if not waiting:
         return Snapshot(version, cfg, (), {})
     ages = sorted({w.interval - 1 for w in waiting if w.interval > 0})
-    given_up = dict(
-        conn.execute(
-            select(t.c.member, func.min(t.c.interval))
-            .where(t.c.experiment_id == exp_id, t.c.state == FAILED)
-            .group_by(t.c.member)
-        ).all()
-    )
+    given_up = dict(conn.execute(q.GIVEN_UP, {"exp": exp_id}).all())
     return Snapshot(
         version,
         cfg,
@@ -70,12 +61,7 @@ def _results(conn: Connection, exp_id: int, ages: list[int]) -> dict[tuple[int, 
     """Every result of the intervals the waiting tasks compare."""
     if not ages:
         return {}
-    t, c = s.tasks, s.checkpoints
-    rows = conn.execute(
-        select(t.c.member, t.c.interval, t.c.score, t.c.hparams, t.c.result_checkpoint_id, c.c.state)
-        .join(c, c.c.id == t.c.result_checkpoint_id)
-        .where(t.c.experiment_id == exp_id, t.c.state == DONE, t.c.interval.in_(ages))
-    )
+    rows = conn.execute(q.RESULTS_AT, {"exp": exp_id, "ages": ages})
     return {
         (r.member, r.interval): Result(
             r.member, r.interval, r.score, dict(r.hparams), r.result_checkpoint_id, r.state != CheckpointState.CORRUPT
@@ -139,113 +125,88 @@ class Conflict(Exception):
     """A task the plan decides is no longer waiting: the plan is stale."""
 
 
-def apply(conn: Connection, exp_id: int, plan: Plan, now: float) -> bool:
+def apply(conn: Connection, exp_id: int, plan: Plan) -> bool:
     """Write ``plan`` if the population is still at ``plan.version``; False (nothing written)
     if it moved on. Raises Conflict if a decided task changed anyway (the caller rolls back)."""
-    e, t = s.experiments, s.tasks
-    moved = (
-        conn.execute(
-            update(e).where(e.c.id == exp_id, e.c.version == plan.version).values(version=e.c.version + 1)
-        ).rowcount
-        != 1
-    )
-    if moved:
+    if conn.execute(q.MOVE_VERSION, {"exp": exp_id, "seen": plan.version}).rowcount != 1:
         return False
     for d in plan.decisions:
-        values = (
-            dict(state=FAILED)
-            if d.give_up
-            else dict(
-                state=PENDING,
-                hparams=dict(d.hparams),
-                start_checkpoint_id=d.start,
-                replacements=d.replacements,
-                attempts=0,
-                retry_at=None,  # a replacement starts afresh: no backoff left from the failures
-            )
-        )
-        if conn.execute(update(t).where(t.c.id == d.task, t.c.state == WAITING).values(**values)).rowcount != 1:
+        if d.give_up:
+            res = conn.execute(q.GIVE_UP, {"task": d.task})
+            conn.execute(q.HEAD_GIVEN_UP, {"exp": exp_id, "who_member": d.member, "at": d.interval})
+        else:
+            values = {"task": d.task, "hp": dict(d.hparams), "ckpt": d.start, "n_replaced": d.replacements}
+            res = conn.execute(q.DECIDE, values)
+        if res.rowcount != 1:
             raise Conflict(f"task {d.task} is no longer waiting")
         if d.copy is not None:
-            x = d.copy
+            cp = d.copy
             conn.execute(
-                insert(s.exploits).values(
-                    experiment_id=exp_id,
-                    member=d.member,
-                    interval=d.interval,
-                    donor=x.donor,
-                    donor_interval=x.donor_interval,
-                    score=x.score,
-                    donor_score=x.donor_score,
-                    hparams_before=dict(x.hparams_before),
-                    hparams_after=dict(x.hparams_after),
-                    changes=dict(x.changes),
-                    reason=x.reason,
-                    created_at=now,
-                )
+                q.RECORD_EXPLOIT,
+                {
+                    "exp": exp_id,
+                    "who_member": d.member,
+                    "at": d.interval,
+                    "from_member": cp.donor,
+                    "from_interval": cp.donor_interval,
+                    "own": cp.score,
+                    "theirs": cp.donor_score,
+                    "before": dict(cp.hparams_before),
+                    "after": dict(cp.hparams_after),
+                    "rules": dict(cp.changes),
+                    "why": cp.reason,
+                },
             )
     for note in plan.notes:
-        record_event(conn, exp_id, note.member, note.interval, note.kind, note.message, None, now)
+        record_event(conn, exp_id, note.member, note.interval, note.kind, note.message, None)
     return True
 
 
-def collect_garbage(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> list[str]:
+def collect_garbage(conn: Connection, cfg: ExperimentConfig, exp_id: int, floor: int | None = None) -> list[str]:
     """Mark checkpoints no longer live as deleted; return their paths for the caller to unlink.
 
-    Reads only what can still be live (the checkpoints not deleted yet, the unfinished tasks'
-    starts, the members given up), never the whole history, so its cost does not grow with
-    the run.
+    Checkpoints only die when the floor (the youngest age every member still training has
+    reached) moves, or a member is given up: ``floor`` is the one last collected at, and
+    nothing is read when it has not moved. Otherwise it reads only what can still be live (the
+    checkpoints not deleted yet, the unfinished tasks' starts, the members' heads), never the
+    whole history, so its cost does not grow with the run.
     """
-    t, c = s.tasks, s.checkpoints
-    kept = conn.execute(
-        select(c.c.id, c.c.member, c.c.interval, c.c.path).where(
-            c.c.experiment_id == exp_id, c.c.state.in_((CheckpointState.LIVE, CheckpointState.CORRUPT))
-        )
-    ).all()
-    active = select(t.c.start_checkpoint_id).where(t.c.experiment_id == exp_id, t.c.state.in_(ACTIVE))
-    starts = {r.start_checkpoint_id for r in conn.execute(active)}
-    failed = select(t.c.member).where(t.c.experiment_id == exp_id, t.c.state == FAILED)
-    stopped = {r.member for r in conn.execute(failed)}
-    dead = dead_checkpoints(kept, starts, stopped, cfg.population)
+    now_floor = conn.execute(q.FLOOR, {"exp": exp_id}).scalar()
+    now_floor = -1 if now_floor is None else now_floor
+    if floor is not None and now_floor <= floor:
+        return []
+    kept = conn.execute(q.KEPT, {"exp": exp_id}).all()
+    starts = {r.start_checkpoint_id for r in conn.execute(q.ACTIVE_STARTS, {"exp": exp_id})}
+    heads = conn.execute(q.HEADS, {"exp": exp_id}).all()
+    dead = dead_checkpoints(kept, starts, heads)
     if dead:
-        ids = [k.id for k in dead]
-        conn.execute(update(c).where(c.c.id.in_(ids)).values(state=CheckpointState.DELETED, data=None))
+        conn.execute(q.MARK_DELETED, {"ids": [k.id for k in dead]})
+    conn.execute(q.SET_FLOOR, {"exp": exp_id, "floor": now_floor})
     return [k.path for k in dead if not k.path.startswith(IN_DATABASE + ":")]
 
 
-def dead_checkpoints(kept: Sequence[Any], starts: set[int | None], stopped: set[int], population: int) -> list[Any]:
+def dead_checkpoints(kept: Sequence[Any], starts: set[int | None], heads: Sequence[Any]) -> list[Any]:
     """Which checkpoints not yet deleted (rows with id, member, interval) nothing needs any more.
 
-    Live: the start of a task not yet done; each member's latest result (the final models, and
-    what a member keeps training); and every result a decision may still copy, i.e. from the
-    interval before the oldest one some member (given-up ones excepted) has not reported yet,
-    on: a donor must be of the copier's age. That window spans the population's spread in age,
-    a few intervals, so disk use stays at a few checkpoints per member. A member's latest
-    result is its newest checkpoint: one is written per reported interval, and kept until then.
+    Live: the start of a task not yet done; each member's head (its latest result: the final
+    models, and what a member keeps training); and every result a decision may still copy,
+    i.e. from the interval before the oldest one some member (given-up ones excepted) has not
+    reported yet, on: a donor must be of the copier's age. That window spans the population's
+    spread in age, a few intervals, so disk use stays at a few checkpoints per member.
     """
-    latest: dict[int, Any] = {}
-    for k in kept:
-        if k.member not in latest or k.interval > latest[k.member].interval:
-            latest[k.member] = k
-    reached = [k.interval for m, k in latest.items() if m not in stopped]
-    everyone = len(reached) == population - len(stopped)
-    oldest_incomplete = min(reached) + 1 if everyone and reached else 0
-    heads = {k.id for k in latest.values()}
-    return [k for k in kept if k.interval < oldest_incomplete - 1 and k.id not in starts and k.id not in heads]
+    training = [h.age for h in heads if h.given_up_at is None]
+    oldest_incomplete = min(training) + 1 if training else 0
+    latest = {h.checkpoint_id for h in heads if h.checkpoint_id is not None}
+    return [k for k in kept if k.interval < oldest_incomplete - 1 and k.id not in starts and k.id not in latest]
 
 
 def maybe_finish(conn: Connection, cfg: ExperimentConfig, exp_id: int) -> bool:
     """Mark the experiment over once no task is left to train: finished, or failed when no
     member reached the last interval (every one was given up)."""
-    t = s.tasks
-    active = conn.execute(select(t.c.id).where(t.c.experiment_id == exp_id, t.c.state.in_(ACTIVE)).limit(1)).first()
-    if active is not None:
+    if conn.execute(q.ANY_ACTIVE, {"exp": exp_id}).first() is not None:
         return False
-    final = conn.execute(
-        select(t.c.id).where(t.c.experiment_id == exp_id, t.c.interval == cfg.intervals - 1, t.c.state == DONE).limit(1)
-    ).first()
-    if final is None:
-        fail_experiment(conn, exp_id, "every member was given up: no final model", _db_now(conn))
+    if conn.execute(q.ANY_FINAL, {"exp": exp_id, "at": cfg.intervals - 1}).first() is None:
+        fail_experiment(conn, exp_id, "every member was given up: no final model")
         return True
     conn.execute(update(s.experiments).where(s.experiments.c.id == exp_id).values(status=ExperimentStatus.FINISHED))
     return True
@@ -284,18 +245,14 @@ def first_failure(conn: Connection, exp_id: int) -> str | None:
     return message.split(": ", 1)[1] if message and message.startswith("attempt ") else message
 
 
-def fail_experiment(conn: Connection, exp_id: int, why: str, now: float) -> None:
+def fail_experiment(conn: Connection, exp_id: int, why: str) -> None:
     """Mark the experiment failed (nothing is claimed from it any more), saying why."""
     conn.execute(
         update(s.experiments)
         .where(s.experiments.c.id == exp_id)
         .values(status=ExperimentStatus.FAILED, version=s.experiments.c.version + 1)
     )
-    record_event(conn, exp_id, -1, -1, "run_failed", why, None, now)
-
-
-def _db_now(conn: Connection) -> float:
-    return conn.execute(select(s.db_now())).scalar_one()
+    record_event(conn, exp_id, -1, -1, "run_failed", why, None)
 
 
 def add_task(
@@ -307,18 +264,8 @@ def add_task(
     start_checkpoint_id: int | None,
     state: str = PENDING,
 ) -> None:
-    conn.execute(
-        insert(s.tasks).values(
-            experiment_id=exp_id,
-            member=member,
-            interval=interval,
-            state=state,
-            hparams=hparams,
-            start_checkpoint_id=start_checkpoint_id,
-            attempts=0,
-            replacements=0,
-        )
-    )
+    values = {"exp": exp_id, "who_member": member, "at": interval, "initial": state, "hp": hparams}
+    conn.execute(q.ADD_TASK, {**values, "ckpt": start_checkpoint_id})
 
 
 def record_event(
@@ -329,22 +276,11 @@ def record_event(
     kind: str,
     message: str,
     worker: str | None,
-    now: float,
     detail: str | None = None,
 ) -> None:
     """One line of what happened (member and interval -1: the experiment as a whole)."""
-    conn.execute(
-        insert(s.events).values(
-            experiment_id=exp_id,
-            member=member,
-            interval=interval,
-            kind=kind,
-            message=message,
-            detail=detail,
-            worker=worker,
-            created_at=now,
-        )
-    )
+    values = {"exp": exp_id, "who_member": member, "at": interval, "what": kind, "text": message}
+    conn.execute(q.RECORD_EVENT, {**values, "trace": detail, "who": worker})
 
 
 def donor_of(plan: Plan, decided: Iterable[tuple[int, int]]) -> int | None:

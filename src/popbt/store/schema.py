@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    insert,
     select,
     update,
 )
@@ -50,6 +51,24 @@ experiments = Table(
     Column("created_at", Float, nullable=False),
     # bumped by every change a decision depends on: a plan made from an older snapshot is refused
     Column("version", Integer, nullable=False, server_default="0"),
+    # the youngest age every member still training has reached when garbage was last collected:
+    # checkpoints only die when it moves, so a report collects garbage only then
+    Column("gc_floor", Integer, nullable=False, server_default="-1"),
+)
+
+# One row per member, kept up to date by every report: its head (latest result), so that
+# decisions, progress and garbage collection read the population, never the whole history.
+members = Table(
+    "popbt_members",
+    metadata,
+    Column("experiment_id", Integer, ForeignKey("popbt_experiments.id"), primary_key=True),
+    Column("member", Integer, primary_key=True),
+    Column("age", Integer, nullable=False, server_default="-1"),  # its latest interval with a result
+    Column("score", Float, nullable=True),  # that result's score (NULL: none yet, or non-finite)
+    Column("checkpoint_id", Integer, nullable=True),  # that result's checkpoint
+    Column("done", Integer, nullable=False, server_default="0"),  # results so far
+    Column("best_seen", Float, nullable=True),  # its best score ever (its checkpoint may be gone)
+    Column("given_up_at", Integer, nullable=True),  # the interval it stopped at, when given up
 )
 
 checkpoints = Table(
@@ -125,6 +144,7 @@ events = Table(
     Column("detail", Text, nullable=True),  # the full traceback of a failure in user code
     Column("worker", Text, nullable=True),
     Column("created_at", Float, nullable=False),
+    Index("popbt_events_by_experiment", "experiment_id", "kind"),
 )
 
 
@@ -139,6 +159,44 @@ def upgrade(conn, version: int) -> None:
         conn.exec_driver_sql("ALTER TABLE popbt_events ADD COLUMN detail TEXT")
         for (exp_id,) in conn.execute(select(experiments.c.id)).all():
             conn.execute(update(experiments).where(experiments.c.id == exp_id).values(uid=new_uid()))
+    if version < 4:  # members' heads (the table is new: create_all made it), garbage's floor
+        conn.exec_driver_sql("ALTER TABLE popbt_experiments ADD COLUMN gc_floor INTEGER NOT NULL DEFAULT -1")
+        conn.exec_driver_sql(
+            "CREATE INDEX IF NOT EXISTS popbt_events_by_experiment ON popbt_events (experiment_id, kind)"
+        )
+        for row in conn.execute(select(experiments.c.id, experiments.c.config)).all():
+            conn.execute(
+                insert(members), heads_from_history(conn, row.id, row.config["population"], row.config["mode"])
+            )
+
+
+def heads_from_history(conn, exp_id: int, population: int, mode: str) -> list[dict]:
+    """Each member's head as its tasks say (for a database written before heads were kept)."""
+    heads = {
+        m: dict(experiment_id=exp_id, member=m, age=-1, score=None, checkpoint_id=None, done=0)
+        for m in range(population)
+    }
+    seen: dict[int, list[float]] = {m: [] for m in range(population)}
+    rows = conn.execute(
+        select(tasks.c.member, tasks.c.interval, tasks.c.state, tasks.c.score, tasks.c.result_checkpoint_id)
+        .where(tasks.c.experiment_id == exp_id)
+        .order_by(tasks.c.interval)
+    ).all()
+    for r in rows:
+        head = heads.setdefault(
+            r.member, dict(experiment_id=exp_id, member=r.member, age=-1, score=None, checkpoint_id=None, done=0)
+        )
+        if r.state == "done":
+            head.update(age=r.interval, score=r.score, checkpoint_id=r.result_checkpoint_id, done=head["done"] + 1)
+            if r.score is not None:
+                seen.setdefault(r.member, []).append(r.score)
+        elif r.state == "failed" and "given_up_at" not in head:
+            head["given_up_at"] = r.interval
+    for m, head in heads.items():
+        head.setdefault("given_up_at", None)
+        scores = seen.get(m) or []
+        head["best_seen"] = (max(scores) if mode == "max" else min(scores)) if scores else None
+    return list(heads.values())
 
 
 def new_uid() -> str:

@@ -8,12 +8,13 @@ is the queue: experiments, claims, leases, reports, failures, and the reads.
 from __future__ import annotations
 
 import math
+import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -23,29 +24,26 @@ from ..config import ExperimentConfig
 from ..errors import ConfigError, NotFound, StoreError
 from ..plan import Hook, Snapshot
 from . import population as pop
+from . import queries as q
 from . import schema as s
 from .base import (
     DONE,
-    FAILED,
     PENDING,
     RUNNING,
     SCHEMA_VERSION,
     WAITING,
     Checkpoint,
     CheckpointState,
-    Event,
     Experiment,
     ExperimentStatus,
-    Exploit,
     LeaseLost,
     Outcome,
-    Progress,
     Result,
-    Row,
     Store,
     Task,
 )
 from .engine import Database, mask_url
+from .reads import Reads
 
 T = TypeVar("T")
 
@@ -55,7 +53,7 @@ MAX_RETRY_DELAY = 60.0  # seconds: the longest wait before a failed interval is 
 __all__ = ["SQLStore", "mask_url"]
 
 
-class SQLStore(Store):
+class SQLStore(Reads, Store):
     """See ``Store`` for the contract; this class only adds how it is done in SQL."""
 
     def __init__(self, url: str, patience: float = 30.0) -> None:
@@ -120,7 +118,6 @@ class SQLStore(Store):
         hparams = strategy.initial_population(config.space, config.population, config.seed)
 
         def tx(conn: Connection) -> int:
-            now = _now(conn)
             try:
                 exp_id = conn.execute(
                     insert(s.experiments)
@@ -129,7 +126,7 @@ class SQLStore(Store):
                         config=config.to_json(),
                         status=ExperimentStatus.RUNNING,
                         checkpoint_dir=checkpoint_dir,
-                        created_at=now,
+                        created_at=s.db_now(),
                         uid=s.new_uid(),
                     )
                     .returning(s.experiments.c.id)
@@ -145,6 +142,7 @@ class SQLStore(Store):
                     for m, h in enumerate(hparams)
                 ],
             )
+            conn.execute(insert(s.members), [dict(experiment_id=exp_id, member=m) for m in range(config.population)])
             return exp_id
 
         return self.experiment_by_id(self._run(tx))
@@ -172,67 +170,47 @@ class SQLStore(Store):
 
     # -- the queue --------------------------------------------------------------------
 
-    def claim(self, experiment_id: int, worker: str, device: str) -> Task | None:
+    def wait_for_work(self, experiment_id: int, timeout: float, stop: threading.Event | None = None) -> None:
+        self.db.wait(_channel(experiment_id), timeout, stop or threading.Event())
+
+    def claim(self, experiment_id: int, worker: str, device: str, prefer: tuple[int, int] | None = None) -> Task | None:
         cfg = self.config(experiment_id)
-        t = s.tasks
 
         def tx(conn: Connection) -> Task | None:
-            now = _now(conn)
-            due = or_(t.c.retry_at.is_(None), t.c.retry_at <= now)  # a failed attempt's backoff is over
-            claimable = or_(and_(t.c.state == PENDING, due), and_(t.c.state == RUNNING, t.c.lease_expires < now))
-            running = (
-                select(s.experiments.c.id)
-                .where(s.experiments.c.id == experiment_id, s.experiments.c.status == ExperimentStatus.RUNNING)
-                .exists()
-            )
-            cand = conn.execute(
-                select(t.c.id, t.c.state, t.c.worker, t.c.member, t.c.interval)
-                .where(t.c.experiment_id == experiment_id, claimable, running)
-                .order_by(t.c.interval, t.c.member)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
+            cand = None
+            if prefer is not None:
+                values = {"exp": experiment_id, "pref_member": prefer[0], "pref_interval": prefer[1]}
+                cand = conn.execute(q.CLAIM_PREFERRED, values).first()
+            if cand is None:
+                cand = conn.execute(q.CLAIM_NEXT, {"exp": experiment_id}).first()
             if cand is None:
                 return None
             token = uuid.uuid4().hex
-            claimed = conn.execute(
-                update(t)
-                .where(t.c.id == cand.id, claimable)
-                .values(
-                    state=RUNNING,
-                    lease_token=token,
-                    lease_expires=now + cfg.lease_seconds,
-                    worker=worker,
-                    device=device,
-                    started_at=now,
-                    # a lease that expired is an attempt that died: count it, so an interval
-                    # that kills every worker is replaced, not retried forever
-                    attempts=t.c.attempts + (1 if cand.state == RUNNING else 0),
-                )
-                .returning(
-                    t.c.member, t.c.interval, t.c.hparams, t.c.start_checkpoint_id, t.c.attempts, t.c.replacements
-                )
-            ).first()
+            died = 1 if cand.state == RUNNING else 0
+            values = {"task": cand.id, "token": token, "lease": cfg.lease_seconds, "who": worker, "on": device}
+            claimed = conn.execute(q.TAKE, {**values, "died": died}).first()
             if claimed is None:
                 return None
-            if cand.state == RUNNING:
-                pop.record_event(
-                    conn,
-                    experiment_id,
-                    cand.member,
-                    cand.interval,
-                    "lease_expired",
-                    f"lease of {cand.worker} expired; {worker} takes over",
-                    worker,
-                    now,
+            if died:
+                message = f"lease of {cand.worker} expired; {worker} takes over"
+                pop.record_event(conn, experiment_id, cand.member, cand.interval, "lease_expired", message, worker)
+            start = None
+            if cand.start_id is not None:
+                start = Checkpoint(
+                    cand.start_id,
+                    cand.start_member,
+                    cand.start_interval,
+                    cand.start_path,
+                    cand.start_sha256,
+                    cand.start_size,
                 )
-            start = _checkpoint(conn, claimed.start_checkpoint_id)
+            hparams = dict(claimed.hparams)
             return Task(
                 cand.id,
                 experiment_id,
-                claimed.member,
-                claimed.interval,
-                dict(claimed.hparams),
+                cand.member,
+                cand.interval,
+                hparams,
                 start,
                 token,
                 claimed.attempts,
@@ -243,26 +221,17 @@ class SQLStore(Store):
         return self._run(tx)
 
     def heartbeat(self, task: Task) -> bool:
-        cfg = self.config(task.experiment_id)
-
-        def tx(conn: Connection) -> bool:
-            res = conn.execute(
-                update(s.tasks).where(*_fence(task)).values(lease_expires=_now(conn) + cfg.lease_seconds)
-            )
-            return res.rowcount == 1
-
-        return self._run(tx)
+        lease = self.config(task.experiment_id).lease_seconds
+        return self._run(lambda conn: conn.execute(q.HEARTBEAT, {**_fence(task), "lease": lease}).rowcount == 1)
 
     def release(self, task: Task, reason: str | None = None) -> bool:
         def tx(conn: Connection) -> bool:
-            res = conn.execute(
-                update(s.tasks).where(*_fence(task)).values(state=PENDING, lease_token=None, lease_expires=None)
-            )
-            if res.rowcount == 1 and reason:
-                pop.record_event(
-                    conn, task.experiment_id, task.member, task.interval, "released", reason, task.worker, _now(conn)
-                )
-            return res.rowcount == 1
+            released = conn.execute(q.RELEASE, _fence(task)).rowcount == 1
+            if released:
+                self.db.notify(conn, _channel(task.experiment_id))
+            if released and reason:
+                pop.record_event(conn, task.experiment_id, task.member, task.interval, "released", reason, task.worker)
+            return released
 
         return self._run(tx)
 
@@ -271,59 +240,39 @@ class SQLStore(Store):
         spec's explore(hparams, rng) hook, run by the plan in this (the reporting) process."""
         cfg = self.config(task.experiment_id)
         finite = math.isfinite(result.score)
+        score = result.score if finite else None
         nxt = task.interval + 1
+        exp = task.experiment_id
 
         def tx(conn: Connection) -> tuple[Snapshot, list[str], bool]:
-            pop.bump(conn, task.experiment_id)
-            now = _now(conn)
-            ckpt_id = conn.execute(
-                insert(s.checkpoints)
-                .values(
-                    experiment_id=task.experiment_id,
-                    member=task.member,
-                    interval=task.interval,
-                    path=result.path,
-                    sha256=result.sha256,
-                    size=result.size,
-                    state=CheckpointState.LIVE,
-                    data=result.data,
-                    created_at=now,
-                )
-                .returning(s.checkpoints.c.id)
-            ).scalar_one()
+            version, floor = pop.bump(conn, exp)
+            where = {"exp": exp, "who_member": task.member, "at": task.interval}
+            stored = {"file": result.path, "digest": result.sha256, "bytes": result.size, "blob": result.data}
+            ckpt = conn.execute(q.ADD_CHECKPOINT, {**where, **stored}).scalar_one()
             note = None if finite else f"evaluate() returned {result.score!r}: counted as the worst score"
-            done = conn.execute(
-                update(s.tasks)
-                .where(*_fence(task))
-                .values(
-                    state=DONE,
-                    score=result.score if finite else None,
-                    metrics=result.metrics,
-                    result_checkpoint_id=ckpt_id,
-                    finished_at=now,
-                    error=note,
-                )
-            )
-            if done.rowcount != 1:
-                if _already_reported(conn, task, result):
+            outcome = {"result": score, "extra": result.metrics, "ckpt": ckpt, "note": note}
+            if conn.execute(q.FINISH, {**_fence(task), **outcome}).rowcount != 1:
+                if conn.execute(q.ALREADY_REPORTED, {**_fence(task), "file": result.path}).first() is not None:
                     raise _AlreadyReported  # rolls this retry back; the first attempt stands
                 raise LeaseLost(f"member {task.member} interval {task.interval}: lease was taken over")
+            conn.execute(q.ADVANCE_HEAD[cfg.mode], {**where, "result": score, "ckpt": ckpt})
             if note:
-                pop.record_event(conn, task.experiment_id, task.member, task.interval, "nonfinite", note, None, now)
+                pop.record_event(conn, exp, task.member, task.interval, "nonfinite", note, None)
             if nxt < cfg.intervals:
                 state = WAITING if planning.needs_decision(cfg, nxt, finite) else PENDING
-                pop.add_task(conn, task.experiment_id, task.member, nxt, dict(task.hparams), ckpt_id, state)
-            snapshot = pop.read_snapshot(conn, cfg, task.experiment_id)
+                pop.add_task(conn, exp, task.member, nxt, dict(task.hparams), ckpt, state)
+            self.db.notify(conn, _channel(exp))
+            snapshot = pop.read_snapshot(conn, cfg, exp, version)
             # with decisions to take, the plan's transaction collects the garbage once for both
-            garbage = [] if snapshot.waiting else pop.collect_garbage(conn, cfg, task.experiment_id)
-            return snapshot, garbage, nxt >= cfg.intervals and pop.maybe_finish(conn, cfg, task.experiment_id)
+            garbage = [] if snapshot.waiting else pop.collect_garbage(conn, cfg, exp, floor)
+            return snapshot, garbage, nxt >= cfg.intervals and pop.maybe_finish(conn, cfg, exp)
 
         try:
             snapshot, garbage, finished = self._run(tx)
         except _AlreadyReported:  # its first attempt committed; its decisions may still be open
-            settled = self.settle(task.experiment_id, explore)
-            return replace(settled, finished=self.progress(task.experiment_id).finished)
-        return self._settle(task.experiment_id, snapshot, explore, finished, garbage, [(task.member, nxt)])
+            settled = self.settle(exp, explore)
+            return replace(settled, finished=self.progress(exp).finished)
+        return self._settle(exp, snapshot, explore, finished, garbage, [(task.member, nxt)])
 
     def fail(self, task: Task, message: str, explore: Hook | None = None, detail: str | None = None) -> Outcome:
         """Retry the task after a delay that doubles with each attempt, or once it failed
@@ -331,52 +280,31 @@ class SQLStore(Store):
         replacement, decided like any other plan. When every member has failed its first
         interval and nothing ever succeeded, the experiment is marked failed."""
         cfg = self.config(task.experiment_id)
-        t = s.tasks
+        exp = task.experiment_id
 
         def tx(conn: Connection) -> tuple[Snapshot | None, bool]:
-            now = _now(conn)
-            row = conn.execute(
-                update(t)
-                .where(*_fence(task))
-                .values(
-                    state=PENDING,
-                    lease_token=None,
-                    lease_expires=None,
-                    error=message,
-                    attempts=t.c.attempts + 1,
-                    finished_at=now,
-                    retry_at=now + retry_delay(cfg.retry_delay, task.attempts + 1),
-                )
-                .returning(t.c.attempts)
-            ).first()
+            delay = retry_delay(cfg.retry_delay, task.attempts + 1)
+            row = conn.execute(q.FAIL, {**_fence(task), "message": message, "delay": delay}).first()
             if row is None:
                 raise LeaseLost(f"member {task.member} interval {task.interval}: lease was taken over")
-            pop.record_event(
-                conn,
-                task.experiment_id,
-                task.member,
-                task.interval,
-                "failure",
-                f"attempt {row.attempts}/{cfg.max_attempts}: {message}",
-                task.worker,
-                now,
-                detail,
-            )
-            if task.interval == 0 and pop.hopeless(conn, cfg, task.experiment_id):
-                first = pop.first_failure(conn, task.experiment_id) or message
-                why = f"every member failed its first interval; first error: {first}"
-                pop.fail_experiment(conn, task.experiment_id, why, now)
+            said = f"attempt {row.attempts}/{cfg.max_attempts}: {message}"
+            pop.record_event(conn, exp, task.member, task.interval, "failure", said, task.worker, detail)
+            if task.interval == 0 and pop.hopeless(conn, cfg, exp):
+                first = pop.first_failure(conn, exp) or message
+                pop.fail_experiment(conn, exp, f"every member failed its first interval; first error: {first}")
                 return None, True
             if row.attempts < cfg.max_attempts and not _starts_from_corrupt(conn, task):
+                if not delay:
+                    self.db.notify(conn, _channel(exp))
                 return None, False  # a plain retry, with a fresh seed: no decision depends on it
-            pop.bump(conn, task.experiment_id)
-            conn.execute(update(t).where(t.c.id == task.id).values(state=WAITING))
-            return pop.read_snapshot(conn, cfg, task.experiment_id), False
+            version, _ = pop.bump(conn, exp)
+            conn.execute(q.WAIT_FOR_REPLACEMENT, {"task": task.id})
+            return pop.read_snapshot(conn, cfg, exp, version), False
 
         snapshot, over = self._run(tx)
         if snapshot is None:
             return Outcome(over)
-        return self._settle(task.experiment_id, snapshot, explore, False, [], [(task.member, task.interval)])
+        return self._settle(exp, snapshot, explore, False, [], [(task.member, task.interval)])
 
     def absolve(self, experiment_id: int, charged: dict[int, tuple[int, int]], worker: str, reason: str) -> int:
         t = s.tasks
@@ -393,7 +321,8 @@ class SQLStore(Store):
                 back += res.rowcount * min(count, attempts)
             if back:
                 pop.bump(conn, experiment_id)  # a task waiting for its replacement may be claimable again
-            pop.record_event(conn, experiment_id, -1, -1, "worker_fault", reason, worker, _now(conn))
+                self.db.notify(conn, _channel(experiment_id))
+            pop.record_event(conn, experiment_id, -1, -1, "worker_fault", reason, worker)
             return back
 
         return self._run(tx)
@@ -418,9 +347,8 @@ class SQLStore(Store):
                 .where(e.c.id == experiment_id)
                 .values(status=ExperimentStatus.RUNNING, version=e.c.version + 1)
             )
-            pop.record_event(
-                conn, experiment_id, -1, -1, "resumed", "failed experiment resumed from its start", None, _now(conn)
-            )
+            pop.record_event(conn, experiment_id, -1, -1, "resumed", "failed experiment resumed from its start", None)
+            self.db.notify(conn, _channel(experiment_id))
 
         self._run(tx)
 
@@ -431,7 +359,7 @@ class SQLStore(Store):
             config = dict(stored, spec=ref, spec_digest=digest)
             conn.execute(update(e).where(e.c.id == experiment_id).values(config=config))
             message = f"the spec changed: now {ref} (sha256 {str(digest)[:12]}), allowed by --allow-spec-change"
-            pop.record_event(conn, experiment_id, -1, -1, "spec_changed", message, worker, _now(conn))
+            pop.record_event(conn, experiment_id, -1, -1, "spec_changed", message, worker)
 
         self._run(tx)
         self._configs.pop(experiment_id, None)
@@ -471,159 +399,28 @@ class SQLStore(Store):
             snapshot = self._run(lambda conn: pop.read_snapshot(conn, cfg, exp_id), read=True)
         return Outcome(finished, None, garbage)
 
-    @staticmethod
     def _apply(
-        conn: Connection, cfg: ExperimentConfig, exp_id: int, plan: planning.Plan
+        self, conn: Connection, cfg: ExperimentConfig, exp_id: int, plan: planning.Plan
     ) -> tuple[list[str], bool] | None:
         """Apply ``plan`` (None if the population moved on); the garbage, and whether that finished the run."""
-        if not pop.apply(conn, exp_id, plan, _now(conn)):
+        if not pop.apply(conn, exp_id, plan):
             return None
+        self.db.notify(conn, _channel(exp_id))
         gave_up = any(d.give_up for d in plan.decisions)
-        return pop.collect_garbage(conn, cfg, exp_id), gave_up and pop.maybe_finish(conn, cfg, exp_id)
+        floor = None if gave_up else conn.execute(q.GC_FLOOR, {"exp": exp_id}).scalar_one()
+        return pop.collect_garbage(conn, cfg, exp_id, floor), gave_up and pop.maybe_finish(conn, cfg, exp_id)
 
     def mark_corrupt(self, checkpoint: Checkpoint, message: str) -> None:
+        c = s.checkpoints
+
         def tx(conn: Connection) -> None:
-            conn.execute(
-                update(s.checkpoints).where(s.checkpoints.c.id == checkpoint.id).values(state=CheckpointState.CORRUPT)
-            )
-            exp_id = conn.execute(
-                select(s.checkpoints.c.experiment_id).where(s.checkpoints.c.id == checkpoint.id)
-            ).scalar_one()
+            conn.execute(update(c).where(c.c.id == checkpoint.id).values(state=CheckpointState.CORRUPT))
+            exp_id = conn.execute(select(c.c.experiment_id).where(c.c.id == checkpoint.id)).scalar_one()
             pop.bump(conn, exp_id)  # it can no longer be copied: a pending plan may have chosen it
-            pop.record_event(
-                conn, exp_id, checkpoint.member, checkpoint.interval, "corrupt_checkpoint", message, None, _now(conn)
-            )
+            where = (exp_id, checkpoint.member, checkpoint.interval)
+            pop.record_event(conn, *where, "corrupt_checkpoint", message, None)
 
         self._run(tx)
-
-    # -- reading -------------------------------------------------------------------
-
-    def progress(self, experiment_id: int) -> Progress:
-        cfg = self.config(experiment_id)
-        t = s.tasks
-
-        def tx(conn: Connection) -> Progress:
-            counts = dict(
-                conn.execute(
-                    select(t.c.state, func.count()).where(t.c.experiment_id == experiment_id).group_by(t.c.state)
-                ).all()
-            )
-            order = t.c.score.desc() if cfg.mode == "max" else t.c.score.asc()
-            best = conn.execute(
-                select(t.c.member, t.c.score)
-                .where(t.c.experiment_id == experiment_id, t.c.state == DONE, t.c.score.is_not(None))
-                .order_by(order, t.c.member)
-                .limit(1)
-            ).first()
-            status = conn.execute(
-                select(s.experiments.c.status).where(s.experiments.c.id == experiment_id)
-            ).scalar_one()
-            return Progress(
-                cfg.population * cfg.intervals,
-                counts.get(DONE, 0),
-                counts.get(FAILED, 0),
-                counts.get(RUNNING, 0),
-                best.member if best else None,
-                best.score if best else None,
-                status == ExperimentStatus.FINISHED,
-                status,
-            )
-
-        return self._run(tx, read=True)
-
-    def history(self, experiment_id: int) -> list[Row]:
-        t, c = s.tasks, s.checkpoints
-        start = c.alias("start")
-        result = c.alias("result")
-        query = (
-            select(
-                t,
-                start.c.member.label("parent"),
-                start.c.interval.label("parent_interval"),
-                result.c.path.label("result_path"),
-            )
-            .select_from(
-                t.outerjoin(start, start.c.id == t.c.start_checkpoint_id).outerjoin(
-                    result, result.c.id == t.c.result_checkpoint_id
-                )
-            )
-            .where(t.c.experiment_id == experiment_id)
-            .order_by(t.c.interval, t.c.member)
-        )
-        rows = self._run(lambda conn: conn.execute(query).all(), read=True)
-        return [
-            Row(
-                r.member,
-                r.interval,
-                r.state,
-                r.score,
-                dict(r.metrics or {}),
-                dict(r.hparams),
-                r.parent,
-                r.parent_interval,
-                r.result_path,
-                r.worker,
-                r.device,
-                r.attempts,
-                r.error,
-                r.started_at,
-                r.finished_at,
-                r.replacements,
-            )
-            for r in rows
-        ]
-
-    def events(self, experiment_id: int, limit: int = 20, kinds: tuple[str, ...] = ()) -> list[Event]:
-        e = s.events
-        query = select(e).where(e.c.experiment_id == experiment_id)
-        if kinds:
-            query = query.where(e.c.kind.in_(kinds))
-        rows = self._run(lambda conn: conn.execute(query.order_by(e.c.id.desc()).limit(limit)).all(), read=True)
-        return [
-            Event(r.member, r.interval, r.kind, r.message, r.created_at, r.detail, r.worker) for r in reversed(rows)
-        ]
-
-    def exploits(self, experiment_id: int) -> list[Exploit]:
-        x = s.exploits
-        rows = self._run(
-            lambda conn: conn.execute(select(x).where(x.c.experiment_id == experiment_id).order_by(x.c.id)).all(),
-            read=True,
-        )
-        return [
-            Exploit(
-                r.member,
-                r.interval,
-                r.donor,
-                r.donor_interval,
-                r.score,
-                r.donor_score,
-                dict(r.hparams_before),
-                dict(r.hparams_after),
-                dict(r.changes),
-                r.reason,
-                r.created_at,
-            )
-            for r in rows
-        ]
-
-    def checkpoint_data(self, checkpoint: Checkpoint) -> bytes:
-        c = s.checkpoints
-        data = self._run(
-            lambda conn: conn.execute(select(c.c.data).where(c.c.id == checkpoint.id)).scalar_one(), read=True
-        )
-        if data is None:
-            raise StoreError(f"checkpoint {checkpoint.path} has no bytes in the database")
-        return bytes(data)
-
-    def live_checkpoints(self, experiment_id: int) -> list[Checkpoint]:
-        c = s.checkpoints
-        rows = self._run(
-            lambda conn: conn.execute(
-                select(c).where(c.c.experiment_id == experiment_id, c.c.state == CheckpointState.LIVE).order_by(c.c.id)
-            ).all(),
-            read=True,
-        )
-        return [Checkpoint(r.id, r.member, r.interval, r.path, r.sha256, r.size) for r in rows]
 
 
 # -- helpers over a connection ---------------------------------------------------------
@@ -638,19 +435,6 @@ class _AlreadyReported(Exception):
     """A retried report whose first attempt committed before its connection dropped."""
 
 
-def _already_reported(conn: Connection, task: Task, result: Result) -> bool:
-    """Whether this very result (same lease, same checkpoint file) is already recorded."""
-    t, c = s.tasks, s.checkpoints
-    return (
-        conn.execute(
-            select(t.c.id)
-            .join(c, c.c.id == t.c.result_checkpoint_id)
-            .where(t.c.id == task.id, t.c.state == DONE, t.c.lease_token == task.token, c.c.path == result.path)
-        ).first()
-        is not None
-    )
-
-
 def _starts_from_corrupt(conn: Connection, task: Task) -> bool:
     """Retrying from a checkpoint known to be corrupt cannot succeed: replace at once."""
     if task.start is None:
@@ -659,19 +443,14 @@ def _starts_from_corrupt(conn: Connection, task: Task) -> bool:
     return state == CheckpointState.CORRUPT
 
 
-def _fence(task: Task) -> Iterable:
-    return (s.tasks.c.id == task.id, s.tasks.c.state == RUNNING, s.tasks.c.lease_token == task.token)
+def _channel(experiment_id: int) -> str:
+    """What the workers of an experiment wait on for claimable work."""
+    return f"popbt_work_{experiment_id}"
 
 
-def _now(conn: Connection) -> float:
-    return conn.execute(select(s.db_now())).scalar_one()
-
-
-def _checkpoint(conn: Connection, checkpoint_id: int | None) -> Checkpoint | None:
-    if checkpoint_id is None:
-        return None
-    r = conn.execute(select(s.checkpoints).where(s.checkpoints.c.id == checkpoint_id)).one()
-    return Checkpoint(r.id, r.member, r.interval, r.path, r.sha256, r.size)
+def _fence(task: Task) -> dict[str, Any]:
+    """The parameters of ``queries.FENCE``: this task, still running under this lease."""
+    return {"task": task.id, "token": task.token}
 
 
 def _experiment(row: Any) -> Experiment:
