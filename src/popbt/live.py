@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .store import RUNNING, Experiment, Exploit, Store
+from .store import Experiment, Exploit, Store
 from .store import Progress as Counts
 
 RECENT_EXPLOITS = 5
@@ -45,19 +45,16 @@ class Snapshot:
 
 
 def snapshot(store: Store, exp: Experiment, recent: int = RECENT_EXPLOITS) -> Snapshot:
-    busy = [
-        Busy(r.worker or "?", r.device or "?", r.member, r.interval, r.started_at)
-        for r in store.history(exp.id)
-        if r.state == RUNNING
-    ]
+    """Who trains what now, and the latest exploits: read by index, never the whole history,
+    so watching a long run costs the same at its end as at its start."""
+    busy = [Busy(r.worker or "?", r.device or "?", r.member, r.interval, r.started_at) for r in store.running(exp.id)]
     busy.sort(key=lambda b: (b.worker, b.member))
     return Snapshot(busy, recent_exploits(store, exp, recent))
 
 
 def recent_exploits(store: Store, exp: Experiment, recent: int = RECENT_EXPLOITS) -> list[Exploit]:
-    """The last ``recent`` exploits; a store without an exploits table has none to show."""
-    read = getattr(store, "exploits", None)
-    return read(exp.id)[-recent:] if read is not None and recent > 0 else []
+    """The last ``recent`` exploits."""
+    return store.exploits(exp.id, latest=recent) if recent > 0 else []
 
 
 def describe(counts: Counts, metric: str) -> str:
