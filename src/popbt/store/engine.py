@@ -7,10 +7,12 @@ instead of writing the history into a file nobody can open any more.
 
 PostgreSQL: every transaction bounds how long it may wait for a lock and how long the server
 keeps it open while the client says nothing (``lock_timeout``,
-``idle_in_transaction_session_timeout``), set with ``set_config(..., true)`` inside the
-transaction, so nothing relies on session state (PgBouncer in transaction pooling works). A
-host that drops off the network in the middle of a report therefore holds the experiment's
-lock for seconds, not for the two hours of the server's default TCP keepalive.
+``idle_in_transaction_session_timeout``). On a direct connection they are startup options of
+the session, which costs no round trip; behind a pooler in transaction mode, where a session
+is not the client's (PgBouncer refuses or ignores startup options, which the first connection
+notices), each transaction sets them itself with ``set_config(..., true)``, so nothing relies
+on session state. A host that drops off the network in the middle of a report therefore holds
+the experiment's lock for seconds, not for the two hours of the server's default TCP keepalive.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ class Database:
 
     def __init__(self, url: str, patience: float = 30.0) -> None:
         self.url = url
-        self.patience = patience
+        self._patience = patience
         try:
             parsed = make_url(url)
         except ArgumentError:
@@ -121,7 +123,9 @@ class Database:
                 self.engine = create_engine(parsed, pool_size=2, connect_args=PG_CONNECT)
             except Exception as e:
                 raise StoreError(f"storage {mask_url(url)}: {e}") from None
-            event.listen(self.engine, "connect", _pg_session)
+            self.session_timeouts = True  # until a pooler says otherwise
+            event.listen(self.engine, "do_connect", self._pg_options)
+            event.listen(self.engine, "connect", self._pg_session)
             event.listen(self.engine, "begin", self._pg_begin)
 
     # -- engines
@@ -147,14 +151,52 @@ class Database:
 
         return engine
 
+    def _pg_options(self, _dialect, _record, _args, params: dict) -> None:
+        """A new connection asks for the timeouts as startup options (see the module)."""
+        if self.session_timeouts:
+            ms = int(self.transaction_timeout() * 1000)
+            params["options"] = f"-c lock_timeout={ms} -c idle_in_transaction_session_timeout={ms}"
+        else:
+            params.pop("options", None)
+
+    def _pg_session(self, dbapi_conn, _record) -> None:
+        """Server keepalives (best effort: a pooler may hand them to another client of its
+        pool, which is harmless); and whether the startup options arrived (a pooler that
+        ignores them does not pass them on: then every transaction sets its timeouts)."""
+        try:
+            with dbapi_conn.cursor() as cur:
+                cur.execute(PG_SESSION)
+                if self.session_timeouts:
+                    cur.execute("SELECT current_setting('lock_timeout')")
+                    wanted = f"{int(self.transaction_timeout() * 1000)}ms"
+                    self.session_timeouts = _same_duration(cur.fetchone()[0], wanted)
+            dbapi_conn.commit()
+        except Exception:
+            dbapi_conn.rollback()
+
     def _pg_begin(self, conn: Connection) -> None:
-        """Bound this transaction's lock waits and idle time on the server (see the module)."""
+        """Bound this transaction's lock waits and idle time on the server, when the session
+        does not already (see the module)."""
+        if self.session_timeouts:
+            return
         ms = str(int(self.transaction_timeout() * 1000))
         conn.exec_driver_sql(
             "SELECT set_config('lock_timeout', %(ms)s, true), "
             "set_config('idle_in_transaction_session_timeout', %(ms)s, true)",
             {"ms": ms},
         )
+
+    @property
+    def patience(self) -> float:
+        """Seconds a transaction is retried while the database is unreachable."""
+        return self._patience
+
+    @patience.setter
+    def patience(self, seconds: float) -> None:
+        changed = seconds != self._patience
+        self._patience = seconds
+        if changed and getattr(self, "session_timeouts", False):
+            self.engine.dispose()  # the sessions' timeouts follow the patience: new connections
 
     def transaction_timeout(self) -> float:
         """Seconds a transaction may wait for a lock, or stay open with its client silent: half
@@ -185,6 +227,10 @@ class Database:
             except DataError as e:
                 raise Rejected(f"the database refused the data: {first_line(e)}") from None
             except OperationalError as e:
+                if self.dialect == "postgresql" and self.session_timeouts and "startup parameter" in str(e):
+                    self.session_timeouts = False  # a pooler that refuses them: set per transaction
+                    self.engine.dispose()
+                    continue
                 if time.monotonic() + delay > deadline:
                     raise StoreError(f"storage {mask_url(self.url)}: {first_line(e)}") from None
                 time.sleep(delay)
@@ -324,13 +370,15 @@ def psycopg_connect(*args, **kwargs):
     return psycopg.connect(*args, **kwargs)
 
 
-def _pg_session(dbapi_conn, _record) -> None:
-    try:
-        with dbapi_conn.cursor() as cur:
-            cur.execute(PG_SESSION)
-        dbapi_conn.commit()
-    except Exception:  # best effort (see PG_SESSION)
-        dbapi_conn.rollback()
+def _same_duration(shown: str, wanted: str) -> bool:
+    """PostgreSQL shows 5000ms as '5s': compare milliseconds."""
+    units = {"ms": 1, "s": 1000, "min": 60000, "h": 3600000}
+
+    def ms(text: str) -> int | None:
+        match = re.fullmatch(r"(\d+)\s*(ms|s|min|h)?", text.strip())
+        return int(match.group(1)) * units[match.group(2) or "ms"] if match else None
+
+    return ms(shown) is not None and ms(shown) == ms(wanted)
 
 
 def first_line(e: SQLAlchemyError) -> str:
