@@ -300,6 +300,19 @@ def test_absolve_takes_back_only_the_charges_still_standing(store):
     assert (ev.member, ev.worker, ev.message) == (-1, "w", "worker w stops taking work: sick")
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_keep_best_keeps_the_checkpoint_of_the_best_score_ever_seen(store, keep):
+    """Member 0 scores best at interval 0 and worse later: that checkpoint is no final model,
+    so it goes, unless the experiment keeps the best one."""
+    exp = store.create_experiment(config(population=2, intervals=4, search="random", keep_best=keep), "/tmp")
+    scores = {0: [10.0, 1.0, 1.0, 1.0], 1: [2.0, 2.0, 2.0, 2.0]}
+    drain(store, exp, score=lambda t: scores[t.member][t.interval])
+    live = {(c.member, c.interval) for c in store.live_checkpoints(exp.id)}
+    assert store.progress(exp.id).finished and {(0, 3), (1, 3)} <= live
+    assert ((0, 0) in live) is keep
+    assert store.progress(exp.id).best_seen == 10.0 and store.progress(exp.id).best_score == 2.0
+
+
 def test_a_spec_change_is_recorded_with_the_experiment(store):
     exp = store.create_experiment(config(), "/tmp")
     store.set_spec(exp.id, "new.py", "ab" * 32, "launcher")
@@ -320,6 +333,8 @@ ADDED = {
         "DROP TABLE popbt_members",
         "DROP INDEX popbt_events_by_experiment",
         "ALTER TABLE popbt_experiments DROP COLUMN gc_floor",
+        "ALTER TABLE popbt_experiments DROP COLUMN best_score",
+        "ALTER TABLE popbt_experiments DROP COLUMN best_checkpoint_id",
     ],
 }
 

@@ -93,6 +93,17 @@ def best(rows: Sequence[Row], config: ExperimentConfig) -> Best | None:
     return Best(top.member, top.interval, top.score, top.checkpoint, schedule(rows, top.member, top.interval))
 
 
+def best_seen(rows: Sequence[Row], config: ExperimentConfig) -> Best | None:
+    """The best score ever reported, at any interval: not the final model unless it is the
+    same one; its checkpoint is gone unless the experiment keeps it (``--keep-best``)."""
+    done = [r for r in rows if r.state == DONE and r.score is not None]
+    if not done:
+        return None
+    sign = 1 if config.mode == "max" else -1
+    top = max(done, key=lambda r: (sign * r.score, -r.interval, -r.member))
+    return Best(top.member, top.interval, top.score, top.checkpoint, schedule(rows, top.member, top.interval))
+
+
 def population(rows: Sequence[Row]) -> list[Row]:
     """Each member's most recent row (done, running, pending, waiting or failed): the population now."""
     latest: dict[int, Row] = {}

@@ -143,12 +143,21 @@ def parser() -> argparse.ArgumentParser:
         help="live view (progress, workers, exploits) until the experiment finishes; Ctrl-C leaves",
     )
     p.add_argument("--errors", action="store_true", help="every failure, with the traceback of the user's code")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     _common(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("best", help="show the best member and its hyperparameter schedule")
+    p = sub.add_parser("best", help="show the best final model and its hyperparameter schedule")
     p.add_argument("--experiment", default="latest")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--seen",
+        action="store_true",
+        help="the best score ever seen instead (its weights exist if the run had --keep-best)",
+    )
+    p.add_argument(
+        "--save-weights", metavar="FILE", help="also write its checkpoint to FILE (from files or the database)"
+    )
     _common(p)
     p.set_defaults(func=cmd_best)
 
@@ -252,6 +261,21 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         except KeyboardInterrupt:
             return 0
     st = report.status(args.experiment, args.storage, args.dir)
+    if args.json:
+        data = st.to_json()
+        if args.errors:
+            data["errors"] = [
+                {
+                    "kind": e.kind,
+                    "member": e.member,
+                    "interval": e.interval,
+                    "message": e.message,
+                    "traceback": e.detail,
+                }
+                for e in report.errors(args.experiment, args.storage, args.dir)
+            ]
+        print(json.dumps(data))
+        return 0
     console.print(report.status_table(st))
     for ev in st.events:
         console.print(
@@ -266,13 +290,17 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_best(args: argparse.Namespace, console: Console) -> int:
-    data = report.best(args.experiment, args.storage, args.dir)
+    data = report.best(args.experiment, args.storage, args.dir, seen=args.seen)
     if data is None:
         raise NotFound(f"experiment {args.experiment!r} has no results yet")
+    if args.save_weights:
+        data["saved"] = str(report.save_weights(args.save_weights, args.experiment, args.storage, args.dir, args.seen))
     if args.json:
         print(json.dumps(data))
     else:
         report.print_best(console, data)
+        if data.get("saved"):
+            console.print(f"saved to {data['saved']}", highlight=False, soft_wrap=True)
     return 0
 
 

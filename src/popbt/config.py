@@ -178,6 +178,13 @@ class ExperimentConfig:
         parse=float,
         fixed=False,
     )
+    keep_best: bool = setting(
+        False,
+        "also keep the checkpoint of the best score ever seen, not only the final models' (popbt best --seen)",
+        check=boolean,
+        parse=bool,
+        fixed=False,
+    )
     quantile: float = setting(
         0.2,
         "truncation: the top/bottom fraction, in (0, 0.5]",

@@ -58,9 +58,12 @@ def recent_exploits(store: Store, exp: Experiment, recent: int = RECENT_EXPLOITS
 
 
 def describe(counts: Counts, metric: str) -> str:
+    """The best model so far (the best final model once finished): the best score at the
+    latest interval any member completed, not the best score ever seen."""
     if counts.best_score is None:
         return "waiting for the first result"
-    return f"best {metric} {counts.best_score:.4g} (member {counts.best_member})"
+    label = "best" if counts.finished else "best so far"
+    return f"{label} {metric} {counts.best_score:.4g} (member {counts.best_member})"
 
 
 def exploit_text(x: Exploit) -> str:

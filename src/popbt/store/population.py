@@ -178,6 +178,8 @@ def collect_garbage(conn: Connection, cfg: ExperimentConfig, exp_id: int, floor:
     kept = conn.execute(q.KEPT, {"exp": exp_id}).all()
     starts = {r.start_checkpoint_id for r in conn.execute(q.ACTIVE_STARTS, {"exp": exp_id})}
     heads = conn.execute(q.HEADS, {"exp": exp_id}).all()
+    if cfg.keep_best:  # the best score ever's checkpoint stays, as a start does
+        starts.add(conn.execute(q.KEPT_BEST, {"exp": exp_id}).scalar())
     dead = dead_checkpoints(kept, starts, heads)
     if dead:
         conn.execute(q.MARK_DELETED, {"ids": [k.id for k in dead]})

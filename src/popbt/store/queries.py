@@ -197,6 +197,20 @@ def _advance(mode: str):
 
 
 ADVANCE_HEAD = {"max": _advance("max"), "min": _advance("min")}
+
+
+def _record_best(mode: str):
+    new = bindparam("result", type_=Float)
+    beats = new > e.c.best_score if mode == "max" else new < e.c.best_score
+    return (
+        update(e)
+        .where(e.c.id == EXP, or_(e.c.best_score.is_(None), beats))
+        .values(best_score=new, best_checkpoint_id=bindparam("ckpt", type_=Integer))
+    )
+
+
+RECORD_BEST = {"max": _record_best("max"), "min": _record_best("min")}  # --keep-best
+KEPT_BEST = select(e.c.best_checkpoint_id).where(e.c.id == EXP)
 FLOOR = select(func.min(m.c.age)).where(m.c.experiment_id == EXP, m.c.given_up_at.is_(None))
 GC_FLOOR = select(e.c.gc_floor).where(e.c.id == EXP)
 SET_FLOOR = update(e).where(e.c.id == EXP).values(gc_floor=bindparam("floor", type_=Integer))

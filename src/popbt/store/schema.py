@@ -54,6 +54,9 @@ experiments = Table(
     # the youngest age every member still training has reached when garbage was last collected:
     # checkpoints only die when it moves, so a report collects garbage only then
     Column("gc_floor", Integer, nullable=False, server_default="-1"),
+    # the best score ever reported and its checkpoint, kept alive with --keep-best
+    Column("best_score", Float, nullable=True),
+    Column("best_checkpoint_id", Integer, nullable=True),
 )
 
 # One row per member, kept up to date by every report: its head (latest result), so that
@@ -161,6 +164,8 @@ def upgrade(conn, version: int) -> None:
             conn.execute(update(experiments).where(experiments.c.id == exp_id).values(uid=new_uid()))
     if version < 4:  # members' heads (the table is new: create_all made it), garbage's floor
         conn.exec_driver_sql("ALTER TABLE popbt_experiments ADD COLUMN gc_floor INTEGER NOT NULL DEFAULT -1")
+        conn.exec_driver_sql("ALTER TABLE popbt_experiments ADD COLUMN best_score FLOAT")
+        conn.exec_driver_sql("ALTER TABLE popbt_experiments ADD COLUMN best_checkpoint_id INTEGER")
         conn.exec_driver_sql(
             "CREATE INDEX IF NOT EXISTS popbt_events_by_experiment ON popbt_events (experiment_id, kind)"
         )

@@ -256,6 +256,8 @@ class SQLStore(Reads, Store):
                     raise _AlreadyReported  # rolls this retry back; the first attempt stands
                 raise LeaseLost(f"member {task.member} interval {task.interval}: lease was taken over")
             conn.execute(q.ADVANCE_HEAD[cfg.mode], {**where, "result": score, "ckpt": ckpt})
+            if cfg.keep_best and finite:
+                conn.execute(q.RECORD_BEST[cfg.mode], {"exp": exp, "result": score, "ckpt": ckpt})
             if note:
                 pop.record_event(conn, exp, task.member, task.interval, "nonfinite", note, None)
             if nxt < cfg.intervals:
