@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 import popbt
-from conftest import QUAD, require
+from conftest import QUAD, require, run_popbt
 from pbt_history import SCORES, hand_built, toy_run
 from popbt import analysis, loggers
 from popbt.experiment import ConfigError, load_spec
@@ -196,3 +196,25 @@ def test_importing_loggers_imports_neither_tensorboard_nor_mlflow():
     code = "import sys, popbt.loggers; print(sorted(m for m in ('tensorboard', 'mlflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_popbt_run_with_log_writes_both_loggers_while_it_runs(tmp_path, monkeypatch):
+    """The command line: --log tensorboard,mlflow fills both from the store, every interval once."""
+    require("tensorboard")
+    require("mlflow")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = tmp_path / "runs"
+    out = run_popbt("run", QUAD, "--workers", "2", "--seed", "4", "--log", "tensorboard,mlflow", "--dir", str(runs))
+    assert out.returncode == 0, out.stderr
+    root = runs / "logs" / "quad" / "tensorboard"
+    for member in range(4):
+        acc = EventAccumulator(str(root / f"member-0{member}"), size_guidance={"scalars": 0})
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("Q")] == list(range(6))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # what popbt's sink sets in its own process
+    client = MlflowClient(loggers.mlflow_uri(runs))
+    exp = client.get_experiment_by_name("quad")
+    names = sorted(r.info.run_name for r in client.search_runs([exp.experiment_id]))
+    assert names == [f"final/member-0{m}" for m in range(4)] + [f"member-0{m}" for m in range(4)]
