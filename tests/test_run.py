@@ -122,11 +122,20 @@ def test_reports_and_decisions_under_contention_from_several_processes(storage):
     for p in procs:
         p.join(timeout=240)
         assert p.exitcode == 0
-    rows, copies = store.history(exp.id), store.exploits(exp.id)
+    rows, copies, heads = store.history(exp.id), store.exploits(exp.id), store.heads(exp.id)
+    progress = store.progress(exp.id)
     store.close()
     assert_complete(rows, 12, 12)
     assert all(r.parent_interval == r.interval - 1 for r in rows if r.interval > 0)
     assert len({(x.member, x.interval) for x in copies}) == len(copies) == 11 * 3  # 3 of 12 copy, each time
+    # the head rows, updated by every report under that contention, say what the history says
+    final = {r.member: r for r in rows if r.interval == 11}
+    assert [(h.member, h.age, h.score, h.done, h.given_up_at) for h in heads] == [
+        (m, 11, final[m].score, 12, None) for m in range(12)
+    ]
+    best = max((r for r in final.values()), key=lambda r: (r.score, -r.member))
+    assert (progress.done, progress.best_member, progress.best_score) == (144, best.member, best.score)
+    assert progress.best_seen == max(r.score for r in rows if r.score is not None)
 
 
 def test_claims_under_contention_from_several_processes_never_share_a_task(storage):
