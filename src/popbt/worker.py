@@ -402,7 +402,7 @@ class Worker:
         checkpoints.delete(outcome.garbage)
         self.stats.done += 1
         self.streak = Streak()
-        if self.spec.reuse_state and not self.experiment.checkpoints_in_db and task.interval + 1 < cfg.intervals:
+        if self.spec.reuse_state and not self.experiment.checkpoints_in_db and outcome.next_is_mine:
             self.kept = Kept(task.member, task.interval + 1, written.path, self._state)
         copied = f" -> next copies member {outcome.exploited_from}" if outcome.exploited_from is not None else ""
         log.info("member %d interval %d: %s=%.6g%s", task.member, task.interval, cfg.metric, score, copied)

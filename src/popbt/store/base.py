@@ -123,12 +123,14 @@ class Result:
 @dataclass(frozen=True)
 class Outcome:
     """What a report or failure decided: whether the experiment is finished, the donor the
-    member's next task copies (if that was decided already), and which checkpoint files are
-    now garbage (to unlink after the commit)."""
+    member's next task copies (if that was decided already), which checkpoint files are now
+    garbage (to unlink after the commit), and whether the member's next task may be claimed
+    now from the checkpoint just reported (a worker holding that state claims it first)."""
 
     finished: bool
     exploited_from: int | None = None
     garbage: list[str] = field(default_factory=list)
+    next_is_mine: bool = False
 
 
 @dataclass(frozen=True)

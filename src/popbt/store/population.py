@@ -285,6 +285,13 @@ def record_event(
     conn.execute(q.RECORD_EVENT, {**values, "trace": detail, "who": worker})
 
 
+def kept(plan: Plan, decided: Iterable[tuple[int, int]]) -> bool:
+    """Whether a plan let one of the given (member, interval) tasks go on from its own
+    checkpoint (no copy, no give-up)."""
+    wanted = set(decided)
+    return any((d.member, d.interval) in wanted and d.copy is None and not d.give_up for d in plan.decisions)
+
+
 def donor_of(plan: Plan, decided: Iterable[tuple[int, int]]) -> int | None:
     """The donor a plan chose for one of the given (member, interval) tasks, if it copies."""
     wanted = set(decided)

@@ -244,8 +244,9 @@ class SQLStore(Reads, Store):
         nxt = task.interval + 1
         exp = task.experiment_id
 
-        def tx(conn: Connection) -> tuple[Snapshot, list[str], bool]:
+        def tx(conn: Connection) -> tuple[Snapshot, list[str], bool, bool]:
             version, floor = pop.bump(conn, exp)
+            state = None
             where = {"exp": exp, "who_member": task.member, "at": task.interval}
             stored = {"file": result.path, "digest": result.sha256, "bytes": result.size, "blob": result.data}
             ckpt = conn.execute(q.ADD_CHECKPOINT, {**where, **stored}).scalar_one()
@@ -267,14 +268,16 @@ class SQLStore(Reads, Store):
             snapshot = pop.read_snapshot(conn, cfg, exp, version)
             # with decisions to take, the plan's transaction collects the garbage once for both
             garbage = [] if snapshot.waiting else pop.collect_garbage(conn, cfg, exp, floor)
-            return snapshot, garbage, nxt >= cfg.intervals and pop.maybe_finish(conn, cfg, exp)
+            claimable = nxt < cfg.intervals and state == PENDING
+            return snapshot, garbage, nxt >= cfg.intervals and pop.maybe_finish(conn, cfg, exp), claimable
 
         try:
-            snapshot, garbage, finished = self._run(tx)
+            snapshot, garbage, finished, claimable = self._run(tx)
         except _AlreadyReported:  # its first attempt committed; its decisions may still be open
             settled = self.settle(exp, explore)
             return replace(settled, finished=self.progress(exp).finished)
-        return self._settle(exp, snapshot, explore, finished, garbage, [(task.member, nxt)])
+        outcome = self._settle(exp, snapshot, explore, finished, garbage, [(task.member, nxt)])
+        return replace(outcome, next_is_mine=claimable or outcome.next_is_mine)
 
     def fail(self, task: Task, message: str, explore: Hook | None = None, detail: str | None = None) -> Outcome:
         """Retry the task after a delay that doubles with each attempt, or once it failed
@@ -397,7 +400,7 @@ class SQLStore(Reads, Store):
                 applied = None
             if applied is not None:
                 dead, done = applied
-                return Outcome(finished or done, pop.donor_of(decided, mine), garbage + dead)
+                return Outcome(finished or done, pop.donor_of(decided, mine), garbage + dead, pop.kept(decided, mine))
             snapshot = self._run(lambda conn: pop.read_snapshot(conn, cfg, exp_id), read=True)
         return Outcome(finished, None, garbage)
 
