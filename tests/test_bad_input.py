@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 import popbt
 from conftest import QUAD, SPECS, popbt_cmd, require, run_popbt
 from popbt.experiment import ConfigError
-from popbt.store import open_store, schema
+from popbt.store import SCHEMA_VERSION, open_store, schema
 from popbt.worker import Worker
 from test_run import results, wait_for
 
@@ -107,7 +107,7 @@ CASES = {
     "sqlite path that is a directory": (["list", "--storage", "sqlite:///{specs}"], "is not a database file"),
     "database of another schema version (list)": (
         ["list", "--storage", "sqlite:///{tmp}/v99.db"],
-        "has popbt schema version 99; this popbt uses version 3",
+        f"has popbt schema version 99; this popbt uses version {SCHEMA_VERSION}",
     ),
     "database of another schema version (run)": (
         ["run", QUAD, "--storage", "sqlite:///{tmp}/v99.db"],
@@ -180,6 +180,7 @@ from popbt.torch import State, model_and_optimizer
 MARKER = {marker!r}
 space = {{"lr": LogUniform(1e-3, 1e-1)}}
 population, intervals = 2, 2
+reuse_state = False  # every interval loads its checkpoint: what this test is about
 build, _save, load, apply = model_and_optimizer(
     lambda hp: torch.nn.Linear(2, 1), lambda params, hp: torch.optim.SGD(params, lr=hp["lr"]))
 

@@ -40,7 +40,10 @@ from .store import IN_DATABASE, Checkpoint, Experiment, LeaseLost, Rejected, Res
 log = logging.getLogger("popbt.worker")
 
 SETTLE_AFTER = 2.0  # seconds idle before a worker takes decisions a dead worker left behind
-STREAK = 3  # different members failed in a row, while others succeed, before a worker blames itself
+# Failures in a row, of at least two different members, while other workers have results: then
+# the worker, not its members, is to blame. (Its retries wait out a backoff, and others may hold
+# the rest of the population, so it can meet the same member twice in such a streak.)
+STREAK = 3
 
 
 @dataclass(frozen=True)
@@ -268,11 +271,11 @@ class Kept:
 @dataclass
 class Streak:
     """Failures in a row on this worker: per task, (its attempts after the last failure, how
-    many failures); the members; how many results the experiment had when the streak began."""
+    many failures); and the members they hit."""
 
     charged: dict[int, tuple[int, int]] = field(default_factory=dict)
     members: set[int] = field(default_factory=set)
-    done_before: int = 0
+    failures: int = 0
 
 
 class Worker:
@@ -477,8 +480,6 @@ class Worker:
         log.warning(
             "member %d interval %d failed: %s%s", task.member, task.interval, message, f"\n{detail}" if detail else ""
         )
-        if not self.streak.charged:
-            self.streak.done_before = self.store.progress(self.experiment.id).done
         try:
             outcome = self.store.fail(task, message, explore=self.spec.explore, detail=detail)
         except LeaseLost:
@@ -486,12 +487,14 @@ class Worker:
         checkpoints.delete(outcome.garbage)
         self.streak.charged[task.id] = (task.attempts + 1, self.streak.charged.get(task.id, (0, 0))[1] + 1)
         self.streak.members.add(task.member)
-        if len(self.streak.members) < STREAK:
+        self.streak.failures += 1
+        if self.streak.failures < STREAK or len(self.streak.members) < 2:
             return
-        if self.store.progress(self.experiment.id).done > self.streak.done_before:  # others succeed meanwhile
+        # the code works elsewhere: other workers have results (this one, none in its streak)
+        if self.store.progress(self.experiment.id).done > self.stats.done:
             self._blame_self(
-                f"it failed {len(self.streak.members)} different members in a row while other workers succeeded; "
-                f"last error: {message}"
+                f"it failed {self.streak.failures} intervals of {len(self.streak.members)} different members "
+                f"in a row while other workers succeeded; last error: {message}"
             )
 
     def _blame_self(self, why: str) -> None:
