@@ -93,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         table(
             ["backend", "ms/interval, first", "ms/interval, last", "last / first", "range", "ms/interval, whole"], rows
         ),
+        "",
     ]
     for backend, g in growth.items():
         met = "met" if g <= TARGET_GROWTH else "missed"
-        text.append(f"\n- {backend}: last / first {g:.2f}, target ≤ {TARGET_GROWTH}: **{met}**.")
+        text.append(f"- {backend}: last / first {g:.2f}, target ≤ {TARGET_GROWTH}: **{met}**.")
     if len(growth) == 2:
         pg, lite = (median([r[2] for r in results[b]]) for b in ("postgresql", "sqlite"))
         met = "met" if pg <= TARGET_RATIO * lite else "missed"
