@@ -23,23 +23,10 @@ from popbt.examples import digits, lightning_digits  # noqa: E402
 from popbt.history import read  # noqa: E402
 from popbt.lightning import LightningSpec, trainer_device  # noqa: E402
 from popbt.torch import load_weights  # noqa: E402
+from torch_helpers import replay_with_one_thread  # noqa: E402
 
 EXAMPLE = str(ROOT / "examples" / "lightning_digits.py")
 STEPS_PER_EPOCH = math.ceil(len(digits.dataset()["train_y"]) / digits.BATCH_SIZE)
-
-
-def group_settings(group: dict) -> dict:
-    return {k: v for k, v in group.items() if k != "params"}
-
-
-def replay_with_one_thread(spec: str, member: int, runs):
-    """``popbt.replay`` with the one thread per worker that ``popbt run`` gave each of its two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return popbt.replay(spec, member=member, dir=runs)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_example_run_exploits_and_the_copy_trains_on_with_its_explored_hyperparameters(tmp_path):

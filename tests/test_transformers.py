@@ -23,6 +23,7 @@ from popbt.examples import hf_text_classification as hf  # noqa: E402
 from popbt.history import read  # noqa: E402
 from popbt.torch import load_weights  # noqa: E402
 from popbt.transformers import TransformersSpec, device_arguments  # noqa: E402
+from torch_helpers import replay_with_one_thread  # noqa: E402
 
 EXAMPLE = str(ROOT / "examples" / "hf_text_classification.py")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -34,16 +35,6 @@ def linear_factor(step: int, total: int, warmup: float) -> float:
     if step < warmup_steps:
         return step / max(1, warmup_steps)
     return max(0.0, (total - step) / max(1, total - warmup_steps))
-
-
-def replay_with_one_thread(spec: str, member: int, runs):
-    """``popbt.replay`` with the one thread per worker that ``popbt run`` gave each of its two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return popbt.replay(spec, member=member, dir=runs)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_example_run_exploits_and_the_copy_trains_on_with_its_explored_hyperparameters(tmp_path):
