@@ -8,11 +8,6 @@ import torch
 import popbt
 
 
-def group_settings(group: dict) -> dict:
-    """An optimizer param group's settings, without its parameters."""
-    return {k: v for k, v in group.items() if k != "params"}
-
-
 def replay_with_one_thread(spec: str, member: int, runs):
     """``popbt.replay`` with the one thread per worker that ``popbt run`` gave each of its two."""
     threads = torch.get_num_threads()
