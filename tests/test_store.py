@@ -450,7 +450,7 @@ def test_a_plan_made_from_a_snapshot_that_moved_on_is_refused_and_nothing_is_wri
     assert {d.member for d in stale.decisions} == {1, 2}  # kept: members scored below them
     store.report(tasks[3], result(3.0, "/ckpt/3-0"))  # the population moves on and decides everyone
     with store.engine.begin() as conn:
-        assert population.apply(conn, exp.id, stale) is False
+        assert population.apply(conn, exp.id, stale) is None
     assert len([r for r in store.history(exp.id) if r.interval == 1]) == 4
     assert [(x.member, x.donor) for x in store.exploits(exp.id)] == [(0, 3)]  # decided once
 

@@ -125,11 +125,13 @@ class Conflict(Exception):
     """A task the plan decides is no longer waiting: the plan is stale."""
 
 
-def apply(conn: Connection, exp_id: int, plan: Plan) -> bool:
-    """Write ``plan`` if the population is still at ``plan.version``; False (nothing written)
-    if it moved on. Raises Conflict if a decided task changed anyway (the caller rolls back)."""
-    if conn.execute(q.MOVE_VERSION, {"exp": exp_id, "seen": plan.version}).rowcount != 1:
-        return False
+def apply(conn: Connection, exp_id: int, plan: Plan) -> int | None:
+    """Write ``plan`` if the population is still at ``plan.version``, and return the garbage
+    floor; None (nothing written) if it moved on. Raises Conflict if a decided task changed
+    anyway (the caller rolls back)."""
+    moved = conn.execute(q.MOVE_VERSION, {"exp": exp_id, "seen": plan.version}).first()
+    if moved is None:
+        return None
     for d in plan.decisions:
         if d.give_up:
             res = conn.execute(q.GIVE_UP, {"task": d.task})
@@ -159,7 +161,7 @@ def apply(conn: Connection, exp_id: int, plan: Plan) -> bool:
             )
     for note in plan.notes:
         record_event(conn, exp_id, note.member, note.interval, note.kind, note.message, None)
-    return True
+    return moved.gc_floor
 
 
 def collect_garbage(conn: Connection, cfg: ExperimentConfig, exp_id: int, floor: int | None = None) -> list[str]:

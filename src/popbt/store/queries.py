@@ -212,7 +212,6 @@ def _record_best(mode: str):
 RECORD_BEST = {"max": _record_best("max"), "min": _record_best("min")}  # --keep-best
 KEPT_BEST = select(e.c.best_checkpoint_id).where(e.c.id == EXP)
 FLOOR = select(func.min(m.c.age)).where(m.c.experiment_id == EXP, m.c.given_up_at.is_(None))
-GC_FLOOR = select(e.c.gc_floor).where(e.c.id == EXP)
 SET_FLOOR = update(e).where(e.c.id == EXP).values(gc_floor=bindparam("floor", type_=Integer))
 
 # -- decisions ----------------------------------------------------------------------------
@@ -230,7 +229,10 @@ RESULTS_AT = (
 )
 GIVEN_UP = select(m.c.member, m.c.given_up_at).where(m.c.experiment_id == EXP, m.c.given_up_at.is_not(None))
 MOVE_VERSION = (
-    update(e).where(e.c.id == EXP, e.c.version == bindparam("seen", type_=Integer)).values(version=e.c.version + 1)
+    update(e)
+    .where(e.c.id == EXP, e.c.version == bindparam("seen", type_=Integer))
+    .values(version=e.c.version + 1)
+    .returning(e.c.gc_floor)
 )
 DECIDE = (
     update(t)

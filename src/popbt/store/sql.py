@@ -264,7 +264,8 @@ class SQLStore(Reads, Store):
             if nxt < cfg.intervals:
                 state = WAITING if planning.needs_decision(cfg, nxt, finite) else PENDING
                 pop.add_task(conn, exp, task.member, nxt, dict(task.hparams), ckpt, state)
-            self.db.notify(conn, _channel(exp))
+            if state == PENDING:  # claimable now (a decision's transaction wakes workers itself)
+                self.db.notify(conn, _channel(exp))
             snapshot = pop.read_snapshot(conn, cfg, exp, version)
             # with decisions to take, the plan's transaction collects the garbage once for both
             garbage = [] if snapshot.waiting else pop.collect_garbage(conn, cfg, exp, floor)
@@ -408,11 +409,12 @@ class SQLStore(Reads, Store):
         self, conn: Connection, cfg: ExperimentConfig, exp_id: int, plan: planning.Plan
     ) -> tuple[list[str], bool] | None:
         """Apply ``plan`` (None if the population moved on); the garbage, and whether that finished the run."""
-        if not pop.apply(conn, exp_id, plan):
+        floor = pop.apply(conn, exp_id, plan)
+        if floor is None:
             return None
         self.db.notify(conn, _channel(exp_id))
         gave_up = any(d.give_up for d in plan.decisions)
-        floor = None if gave_up else conn.execute(q.GC_FLOOR, {"exp": exp_id}).scalar_one()
+        floor = None if gave_up else floor
         return pop.collect_garbage(conn, cfg, exp_id, floor), gave_up and pop.maybe_finish(conn, cfg, exp_id)
 
     def mark_corrupt(self, checkpoint: Checkpoint, message: str) -> None:
