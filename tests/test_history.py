@@ -78,4 +78,5 @@ def test_a_task_whose_start_is_not_decided_yet_shows_as_waiting(sqlite_url):
         for line in console.file.getvalue().splitlines()
         if line.startswith("│")
     ]
-    assert rows[2] == ["2", "3", "", "", "", "waiting", "", ""]
+    # its latest result (age 2) stays shown next to the interval it waits to start
+    assert rows[2] == ["2", "2", "0.35", "3", "", "", "waiting", "", ""]
