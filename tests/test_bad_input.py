@@ -180,6 +180,7 @@ from popbt.torch import State, model_and_optimizer
 MARKER = {marker!r}
 space = {{"lr": LogUniform(1e-3, 1e-1)}}
 population, intervals = 2, 2
+retry_delay = 0.0  # failures are the subject, not their backoff
 reuse_state = False  # every interval loads its checkpoint: what this test is about
 build, _save, load, apply = model_and_optimizer(
     lambda hp: torch.nn.Linear(2, 1), lambda params, hp: torch.optim.SGD(params, lr=hp["lr"]))

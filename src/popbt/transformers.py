@@ -30,8 +30,8 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from .adapter import AdapterSpec, interval_length, quiet, refuse, scratch_dir
-from .experiment import SpecError
-from .torch import optimizer_settings, reapply_settings
+from .errors import SpecError
+from .torch import optimizer_settings, reapply_settings, save_file
 
 Hparams = Mapping[str, Any]
 
@@ -211,7 +211,7 @@ class TransformersSpec(AdapterSpec):
             "step": state.step,
             "hparams": state.hparams,
         }
-        torch.save(checkpoint, path)
+        save_file(checkpoint, path)
 
     # -- helpers -------------------------------------------------------------------------
 
