@@ -89,11 +89,11 @@ def parser(description: str) -> argparse.ArgumentParser:
 # -- storage ------------------------------------------------------------------------------
 
 
-def _pg_connect(database: str | None = None):
+def _pg_connect(database: str | None = None, admin: str | None = None):
     import psycopg
     from sqlalchemy.engine import make_url
 
-    url = make_url(PG_ADMIN)
+    url = make_url(admin or PG_ADMIN)
     return psycopg.connect(
         host=url.host,
         port=url.port or 5432,
@@ -132,22 +132,22 @@ def masked(url: str) -> str:
 
 
 @contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards (as the tests do)."""
-    problem = postgres_problem()
+def postgres_database(admin: str | None = None) -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards (as the tests do); on the shared server
+    unless ``admin`` names another."""
+    problem = postgres_problem() if admin is None else None
     if problem:
         raise Skip(problem)
     from sqlalchemy.engine import make_url
 
+    admin = admin or PG_ADMIN
     name = f"popbt_bench_{uuid.uuid4().hex[:12]}"
-    with _pg_connect() as conn:
+    with _pg_connect(admin=admin) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield (
-            make_url(PG_ADMIN).set(database=name, drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        )
+        yield make_url(admin).set(database=name, drivername="postgresql+psycopg").render_as_string(hide_password=False)
     finally:
-        with _pg_connect() as conn:
+        with _pg_connect(admin=admin) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

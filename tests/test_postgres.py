@@ -4,9 +4,15 @@ shared directory or in the database itself."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+
+from sqlalchemy.engine import make_url
 
 from conftest import QUAD, run_popbt
 from popbt.store import open_store
+from popbt.store.sql import SCHEMA_LOCK
 
 
 def complete_once(url, name, population, intervals):
@@ -65,3 +71,24 @@ def test_a_password_in_the_url_is_never_printed(pg_url, tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert "s3cret-pw" not in proc.stdout + proc.stderr
     assert "postgres:***@" in out.stdout
+
+
+def test_many_processes_open_a_current_schema_while_another_holds_the_schema_lock(pg_url):
+    # a fleet starting at once must not queue on the lock that creating or upgrading the
+    # schema takes: once the schema is current, opening a store only reads its version
+    open_store(pg_url).close()
+    url = make_url(pg_url)
+    import psycopg
+
+    opener = "import sys; from popbt.store import open_store; open_store(sys.argv[1]).close()"
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))  # the schema lock, as an upgrade holds it
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", opener, pg_url], stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+            )
+            for _ in range(4)
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        holder.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+    assert [p.returncode for p in procs] == [0] * 4, errors

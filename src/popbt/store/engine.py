@@ -11,7 +11,8 @@ keeps it open while the client says nothing (``lock_timeout``,
 the session, which costs no round trip; behind a pooler in transaction mode, where a session
 is not the client's (PgBouncer refuses or ignores startup options, which the first connection
 notices), each transaction sets them itself with ``set_config(..., true)``, so nothing relies
-on session state. A host that drops off the network in the middle of a report therefore holds
+on session state; idle workers then poll rather than LISTEN (a LISTEN would stay behind on a
+pooled server connection). A host that drops off the network in the middle of a report therefore holds
 the experiment's lock for seconds, not for the two hours of the server's default TCP keepalive.
 """
 
@@ -305,8 +306,9 @@ class Database:
 
     def wait(self, channel: str, timeout: float, stop: threading.Event) -> None:
         """Return when ``channel`` is notified, the database changed, ``stop`` is set, or after
-        ``timeout`` seconds: whichever comes first. Spurious wake-ups are allowed."""
-        if self.dialect == "postgresql":
+        ``timeout`` seconds: whichever comes first. Spurious wake-ups are allowed. Behind a
+        transaction pooler (see ``_listen``) it is a plain wait of ``timeout``."""
+        if self.dialect == "postgresql" and self.session_timeouts:
             self._listen(channel, timeout, stop)
         elif self.file is not None:
             self._watch_file(timeout, stop)
@@ -314,8 +316,10 @@ class Database:
             stop.wait(timeout)
 
     def _listen(self, channel: str, timeout: float, stop: threading.Event) -> None:
-        """LISTEN on a connection of its own. Behind a pooler in transaction mode nothing comes
-        through and this is a plain sleep: polling, as on sqlite, is the fallback."""
+        """LISTEN on a connection of its own: only on a session of our own (the startup
+        options arrived). Behind a pooler that drops them, a LISTEN would stay on whichever
+        server connection it ran on, and NOTIFYs would reach the pool's next client of it, not
+        us; so there the caller polls (``wait``'s timeout), as on sqlite."""
         try:
             if self._listener is None or self._listener.closed:
                 args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, inspect, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -49,6 +49,7 @@ T = TypeVar("T")
 
 REPLANS = 5  # plans refused because the population moved, before leaving it to the next change
 MAX_RETRY_DELAY = 60.0  # seconds: the longest wait before a failed interval is retried
+SCHEMA_LOCK = 7240317  # PostgreSQL advisory lock held while the schema is created or upgraded
 
 __all__ = ["SQLStore", "mask_url"]
 
@@ -65,7 +66,8 @@ class SQLStore(Reads, Store):
         # A database that cannot be opened at all is most often a wrong URL: say so within
         # seconds; the full patience is for connections lost while a run is going on.
         self.db.patience = min(5.0, patience)
-        self._run(self._ensure_schema)
+        if not self._run(self._schema_current, read=True):
+            self._run(self._ensure_schema)
         self.db.patience = patience
 
     @property
@@ -83,21 +85,36 @@ class SQLStore(Reads, Store):
     def _run(self, fn: Callable[[Connection], T], read: bool = False) -> T:
         return self.db.run(fn, read)
 
-    def _ensure_schema(self, conn: Connection) -> None:
-        if self.dialect == "postgresql":
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7240317)")
-        s.metadata.create_all(conn)
+    def _schema_current(self, conn: Connection) -> bool:
+        """Whether the schema is this popbt's already: a read, no lock, so that many processes
+        opening one database at once never queue behind each other (or behind an upgrade)."""
+        if not inspect(conn).has_table(s.meta.name):
+            return False
+        return self._schema_version(conn) == SCHEMA_VERSION
+
+    def _schema_version(self, conn: Connection) -> int | None:
+        """The stored schema version (None: none yet); StoreError if no popbt can use it here."""
         row = conn.execute(select(s.meta.c.value).where(s.meta.c.key == "schema_version")).first()
         if row is None:
-            conn.execute(insert(s.meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
-            return
+            return None
         if not row.value.isdigit() or not 1 <= int(row.value) <= SCHEMA_VERSION:
             raise StoreError(
                 f"database {mask_url(self.url)} has popbt schema version {row.value}; "
                 f"this popbt uses version {SCHEMA_VERSION}"
             )
-        if int(row.value) < SCHEMA_VERSION:  # an older popbt's database: upgraded in place
-            s.upgrade(conn, int(row.value))
+        return int(row.value)
+
+    def _ensure_schema(self, conn: Connection) -> None:
+        """Create or upgrade the schema, one process at a time (the others wait for it)."""
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+        s.metadata.create_all(conn)
+        version = self._schema_version(conn)
+        if version is None:
+            conn.execute(insert(s.meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return
+        if version < SCHEMA_VERSION:  # an older popbt's database: upgraded in place
+            s.upgrade(conn, version)
             conn.execute(update(s.meta).where(s.meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     def close(self) -> None:
