@@ -80,6 +80,8 @@ WAITS_BY_DESIGN = {
     "pg_restart": "the server is down",
     "disk_full": "no worker can save a checkpoint until the disk is mended",
     "disk_readonly": "no worker can save a checkpoint until the disk is mended",
+    "failing_member": "its retries back off (retry_delay), and members that may copy from it wait",
+    "poison_task": "each crash waits for its lease, its retry for the backoff; copiers wait for it",
 }
 
 WEIGHTS = {
@@ -356,7 +358,7 @@ def _place_external(rng, f: Fault, lease: float) -> None:
         f.duration = lease * rng.uniform(0.3, 0.8)
     elif kind in DISK:
         f.duration = lease * rng.uniform(0.3, 0.8)
-    elif kind in ("sick_worker", "bad_device"):
-        f.at = rng.uniform(0.0, 0.4)
+    elif kind in ("sick_worker", "bad_device", "shared_dir"):
+        f.at = rng.uniform(0.02, 0.4)
     elif kind == "foreign_file":
         f.at = 0.0 if rng.random() < 0.5 else rng.uniform(0.05, 0.7)  # before the run, or during

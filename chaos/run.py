@@ -282,13 +282,15 @@ class Run:
             self.watch_in_spec(exp_id)
             self.watch_frozen(exp_id)
             self.watch_netns()
-            self.watch_disk()
+            self.watch_disk(exp_id)
             while external and done >= external[0].at * total:
                 f = external.pop(0)
                 due.append((time.monotonic() + f.delay, f))
             for item in [d for d in due if d[0] <= time.monotonic()]:
                 due.remove(item)
-                if not self.inject(item[1], exp_id):
+                if self.inject(item[1], exp_id):
+                    item[1].facts.setdefault("t", time.time())
+                else:
                     due.append((time.monotonic() + 0.2, item[1]))  # no candidate yet: try again
                 if self.deleted:
                     break
@@ -427,10 +429,14 @@ class Run:
         f.window.append(time.time())
         self.netns = None
 
-    def watch_disk(self) -> None:
+    def watch_disk(self, exp_id: int | None = None) -> None:
+        """Mend the disk once its time is up and a worker met it (or after 2 leases)."""
         if self.disk is None or time.monotonic() < self.disk[1]:
             return
         f = self.disk[0]
+        met = exp_id is None or any(e.kind == "worker_fault" for e in self.db.events(exp_id)[f.facts["faults"] :])
+        if not met and time.monotonic() < self.disk[1] - f.duration + 2 * self.plan.lease:
+            return
         if f.kind == "disk_full":
             (self.ckdir / FILLER).unlink(missing_ok=True)
         else:
@@ -487,7 +493,7 @@ class Run:
             self.add_worker(role=f.role, fault=f.id, storage=url)
             self.netns, f.injected, f.detail = f, True, "its first save"
         elif kind in DISK:
-            return self.break_disk(f)
+            return self.break_disk(f, exp_id)
         elif kind == "bad_device":
             device = f"cuda:{_cuda_devices()}"
             self.add_worker("--device", device, role="bad_device", fault=f.id)
@@ -542,10 +548,11 @@ class Run:
         f.injected, f.detail = True, f"for {f.duration:.1f} s"
         return True
 
-    def break_disk(self, f: Fault) -> bool:
+    def break_disk(self, f: Fault, exp_id: int) -> bool:
         if self.disk is not None:
             return False
         f.facts["workers"] = len([p for p in self.workers() if p.pid not in self.frozen])
+        f.facts["faults"] = len(self.db.events(exp_id))  # a worker_fault after these: a worker met it
         f.window = [time.time()]
         if f.kind == "disk_full":
             fd = os.open(self.ckdir / FILLER, os.O_WRONLY | os.O_CREAT)
@@ -684,6 +691,7 @@ class Run:
         for f in self.plan.faults:
             if f.kind in IN_SPEC or f.kind in NETNS:
                 f.firings = self.fired(f)
+                f.facts["fired_at"] = [p.stat().st_mtime for p in self.ctl_dir.glob(f"fired-{f.id}-*")]
                 if f.kind in IN_SPEC and f.firings and not f.injected:
                     pid, m, k = f.firings[0]
                     f.injected, f.detail = True, f"member {m} interval {k}, fired {len(f.firings)}x"
@@ -783,6 +791,7 @@ class Run:
             ]
             events = [
                 {k: getattr(e, k, None) for k in ("kind", "member", "interval", "message", "worker")}
+                | {"at": e.created_at}
                 for e in store.events(exp.id, limit=10**6)
             ]
             live = {c.path: _intact(store, exp, c) for c in store.live_checkpoints(exp.id)}

@@ -33,7 +33,7 @@ DELETED = "was deleted while in use"
 # why a launcher's worker stopped (popbt run's last lines) -> the faults that explain it
 STOPPED = {
     "killed by SIGKILL": KILLS,
-    "cannot work here": set(DISK),
+    "cannot work here": set(DISK) | {"save_half_oserror"},  # ENOSPC from a save: the disk's fault
     "stopped by SIGTERM": {"sigterm_preempt"},
     "exit status 2": {"sqlite_lock_long", "sqlite_deleted"},
 }
@@ -111,6 +111,8 @@ def judge(record: dict) -> Verdict:
         if not f["injected"]:
             continue
         outcome, note = JUDGES.get(f["kind"], _no_harm)(f, facts)
+        if outcome == UNREPORTED and _cut_short(f, facts):
+            outcome, note = NO_HARM, f"the database was deleted before a lease could run out ({note})"
         v.outcomes[f["id"]] = (outcome, note)
         if outcome == UNREPORTED:
             v.problems.append(f"{f['id']} {f['kind']} ({f['detail']}) unreported: {note}")
@@ -151,6 +153,14 @@ def _facts(record: dict) -> Facts:
         killed=killed,
         injected={f["kind"] for f in record["faults"] if f["injected"]},
     )
+
+
+def _cut_short(f: dict, facts: Facts) -> bool:
+    """A fault within a lease of the database's deletion: the takeover that would report it
+    cannot happen any more."""
+    deleted = [g["window"][0] for g in facts.record["faults"] if g["kind"] == "sqlite_deleted" and g["window"]]
+    when = f["facts"].get("fired_at", []) + ([f["facts"]["t"]] if "t" in f["facts"] else [])
+    return bool(deleted and when) and max(when) > deleted[0] - facts.lease - 1.0
 
 
 # -- results and checkpoints -------------------------------------------------------------------
@@ -241,6 +251,28 @@ def _overlap(a: float, b: float, windows: list[tuple[float, float]]) -> float:
     return covered
 
 
+def _retry_windows(facts: Facts, record: dict) -> list[tuple[float, float]]:
+    """A member failing on purpose, from its first failure at the target interval until it is
+    given up (or its last failure): its retries wait out their backoff, and members that may
+    copy from that interval wait for it."""
+    out = []
+    for f in record["faults"]:
+        if not f["injected"] or f["kind"] not in ("failing_member", "poison_task"):
+            continue
+        m, k = f["member"], f["interval"]
+        times = [
+            e["at"]
+            for e in facts.events
+            if e["member"] == m
+            and e["interval"] >= k
+            and e["kind"] in ("failure", "lease_expired", "replaced", "gave_up")
+            and e.get("at") is not None
+        ]
+        if times:
+            out.append((min(times) - facts.lease, max(times)))  # its first attempt began up to a lease before
+    return out
+
+
 def _stalls(facts: Facts, record: dict) -> tuple[float, list[str]]:
     """The longest stretch without a result, and a problem for each stretch longer than 2
     leases plus the time faults that wait by design lasted within it."""
@@ -250,6 +282,7 @@ def _stalls(facts: Facts, record: dict) -> tuple[float, list[str]]:
         for f in record["faults"]
         if f["injected"] and f["kind"] in WAITS_BY_DESIGN and len(f.get("window", [])) == 2
     ]
+    waits += _retry_windows(facts, record)
     longest, out = 0.0, []
     for a, b in stretches(times):
         longest = max(longest, b - a)
@@ -337,8 +370,15 @@ def _in_spec(f: dict, facts: Facts) -> tuple[str, str]:
         return UNREPORTED, "injected but no firing recorded"
     pid, m, k, name = _first(f, facts)
     kind = f["kind"]
-    if kind.startswith("raise_") and kind != "raise_explore" or kind == "save_half_oserror":
+    if kind.startswith("raise_") and kind != "raise_explore":
         ok = facts.event("failure", m, k, f"chaos {f['id']}")
+    elif kind == "save_half_oserror":  # ENOSPC: the disk's fault, or the save's when the disk works
+        handed_back = facts.event("released", m, k, f"chaos {f['id']}", worker=name)
+        ok = (
+            facts.event("failure", m, k, f"chaos {f['id']}")
+            or handed_back
+            and facts.event("worker_fault", text=f"chaos {f['id']}")
+        )
     elif kind == "raise_explore":
         ok = facts.event("failure", text=f"raised RuntimeError: chaos {f['id']}")
     elif kind in ("score_nan", "score_inf"):  # the worst score, not a failure
@@ -472,11 +512,14 @@ def _disk(f: dict, facts: Facts) -> tuple[str, str]:
     ]
     if charged:
         return UNREPORTED, f"a member was charged for the disk: {charged[0]}"
-    if facts.event("worker_fault", text="is unusable"):
-        return REPORTED, "the workers stopped (worker_fault), the intervals handed back"
-    if not f["facts"].get("workers"):
-        return NO_HARM, "no worker was running while it lasted"
-    return UNREPORTED, "no worker_fault while workers ran"
+    said = [
+        e
+        for e in facts.events
+        if e["kind"] == "worker_fault" and what in e["message"] and "(injected)" not in e["message"]
+    ]
+    if said:
+        return REPORTED, f"{len(said)} workers stopped (worker_fault), their intervals handed back"
+    return NO_HARM, "no worker saved a checkpoint while it lasted"
 
 
 def _bad_device(f: dict, facts: Facts) -> tuple[str, str]:
