@@ -32,8 +32,10 @@ def why_not() -> str | None:
 
 
 class Cluster:
-    def __init__(self, port: int = 54331) -> None:
+    def __init__(self, port: int = 54331, also_listen: str | None = None) -> None:
+        """``also_listen``: one more address to listen on (trusting its /24: the netns link)."""
         self.port = port
+        self.also_listen = also_listen
         self.bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1])
         self.data = Path(tempfile.mkdtemp(prefix="popbt-chaos-pg-"))
         shutil.chown(self.data, "postgres")
@@ -44,6 +46,10 @@ class Cluster:
 
     def start(self) -> Cluster:
         self._pg(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        if self.also_listen:
+            net = self.also_listen.rsplit(".", 1)[0] + ".0/24"
+            with open(self.data / "pg_hba.conf", "a") as f:
+                f.write(f"host all all {net} trust\n")
         self._pg(
             str(self.bin / "pg_ctl"),
             "-D",
@@ -58,9 +64,10 @@ class Cluster:
         return self
 
     def _options(self) -> str:
+        listen = "127.0.0.1" + (f",{self.also_listen}" if self.also_listen else "")
         # fsync off: a throwaway cluster on a 2-core box; crash safety of the server is not under test
         return (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} -c fsync=off "
+            f"-c listen_addresses={listen} -p {self.port} -k {self.data} -c fsync=off "
             f"-c max_connections=200 -c shared_buffers=32MB"
         )
 

@@ -10,7 +10,10 @@ before it starts a run and may rewrite it mid-run; it is re-read whenever it cha
 
 ``at`` is the spec function the fault fires in (build, train, evaluate, save, load, apply,
 explore); ``member`` / ``interval`` select the task (null: any); ``times`` is how many
-attempts it fires on (0: every attempt, for a member that keeps failing). Each firing leaves
+attempts it fires on (0: every attempt, for a member that keeps failing); ``role`` (default
+"") fires it only in a worker whose env CHAOS_ROLE is the same (the campaign's netns worker).
+``foreign`` lists file names popbt must never load (each load of one leaves a marker).
+A worker with env CHAOS_SICK=1 raises a CUDA error in every train (a broken GPU). Each firing leaves
 ``DIR/fired-ID-N`` holding "pid member interval" before it acts, so the campaign can wait on
 it (a real condition) and knows which process to signal.
 
@@ -22,6 +25,9 @@ it (a real condition) and knows which process to signal.
     kill_after_rename   (save) SIGKILL this worker once popbt has renamed the checkpoint into
                     place, a few ms later: while the report (and any exploit it decides) commits
     stop_after_rename   (save) the same with SIGSTOP: frozen between the rename and the report
+    cut_after_rename    (save) once renamed (and ``delay`` s later), take this network
+                    namespace's link ``dev`` down: the worker is cut off inside its report;
+                    DIR/cut-ID says when it was done
     oserror_half    (save) write half of the file, then raise OSError(ENOSPC)
     hang            block until DIR/release-ID exists (the campaign SIGKILLs or SIGSTOPs us)
     nan | inf | string | numeric_string | none | nometric   (evaluate) a bad score
@@ -36,6 +42,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -78,8 +85,9 @@ def _fire(at: str) -> dict | None:
     """The fault to fire now in ``at``, if any (claiming one of its firings atomically)."""
     ctl = _control()
     member, interval = _trial()
+    role = os.environ.get("CHAOS_ROLE", "")
     for fault in ctl.get("faults", []):
-        if fault["at"] != at:
+        if fault["at"] != at or fault.get("role", "") != role:
             continue
         if fault.get("member") is not None and fault["member"] != member:
             continue
@@ -131,6 +139,8 @@ def train(theta, hparams, interval, device):
     for _ in range(4):
         theta -= 0.1 * h * theta
     _act(_fire("train"), "train")
+    if os.environ.get("CHAOS_SICK"):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (chaos: a sick worker)")
     time.sleep(float(_control().get("step_seconds", 0.0)))
     return {"norm": float(np.linalg.norm(theta))}
 
@@ -162,6 +172,9 @@ def save(theta, path):
             f.flush()
             raise OSError(errno.ENOSPC, f"chaos {fault['id']}: No space left on device (injected)")
         f.write(data)
+    if fault is not None and fault["do"] == "cut_after_rename":
+        _once_renamed(path, float(fault.get("delay", 0.0)), lambda: _cut(fault))
+        return
     if fault is not None and fault["do"] in ("kill_after_rename", "stop_after_rename"):
         sig = signal.SIGKILL if fault["do"] == "kill_after_rename" else signal.SIGSTOP
         _signal_once_renamed(path, float(fault.get("delay", 0.0)), sig)
@@ -170,21 +183,35 @@ def save(theta, path):
 
 
 def _signal_once_renamed(tmp: str, delay: float, sig: int) -> None:
-    """popbt writes to DIR/.tmp-FINAL-PID and renames it to DIR/FINAL once save returns."""
+    _once_renamed(tmp, delay, lambda: os.kill(os.getpid(), sig))
+
+
+def _once_renamed(tmp: str, delay: float, then) -> None:
+    """popbt writes to DIR/.tmp-FINAL-PID and renames it to DIR/FINAL once save returns: do
+    ``then`` right after (the report is about to commit, or committing)."""
     p = Path(tmp)
     final = p.with_name(p.name[len(".tmp-") :].rsplit("-", 1)[0])
 
     def watch() -> None:
-        while not final.exists():
+        deadline = time.monotonic() + 30
+        while not final.exists() and time.monotonic() < deadline:
             time.sleep(0.0002)
         if delay:
             time.sleep(delay)
-        os.kill(os.getpid(), sig)
+        then()
 
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _cut(fault: dict) -> None:
+    """Take this namespace's end of the link down, and say so."""
+    subprocess.run(["ip", "link", "set", "dev", fault["dev"], "down"], capture_output=True, timeout=10)
+    Path(_control()["dir"], f"cut-{fault['id']}").write_text(f"{time.time()}\n")
+
+
 def load(theta, path):
+    if os.path.basename(path) in _control().get("foreign", ()):
+        Path(_control()["dir"], f"loaded-foreign-{os.path.basename(path)}").write_text(f"{os.getpid()}\n")
     _act(_fire("load"), "load")
     with open(path, "rb") as f:
         return np.load(f, allow_pickle=False)

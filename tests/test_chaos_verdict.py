@@ -1,0 +1,196 @@
+"""The chaos campaign's verdict, on hand-built records: a clean run passes, and each way of
+losing, duplicating, corrupting, deleting, stalling or keeping quiet fails it."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chaos"))
+
+import verdict  # noqa: E402
+
+HOST = "box"
+T0 = 1000.0
+
+
+def fault(id_, kind, **kw) -> dict:
+    base = dict(
+        id=id_,
+        kind=kind,
+        member=None,
+        interval=None,
+        injected=True,
+        detail="",
+        pids=[],
+        firings=[],
+        expect_takeovers=[],
+        expect_corrupt=None,
+        window=[],
+        facts={},
+    )
+    return {**base, **kw}
+
+
+def clean() -> dict:
+    """2 members x 3 intervals, lease 2 s, a result every 0.5 s; one worker killed mid-interval
+    (taken over), one foreign file left alone, one checkpoint bit-flipped and found."""
+    rows = []
+    for k in range(3):
+        for m in range(2):
+            t = T0 + 0.5 * (2 * k + m + 1)
+            worker = f"{HOST}:11" if (m, k) != (1, 1) else f"{HOST}:12"
+            rows.append(
+                dict(member=m, interval=k, state="done", worker=worker, checkpoint=f"/c/m{m}-i{k}.ckpt", attempts=0)
+                | {"finished_at": t}
+            )
+    events = [
+        dict(kind="lease_expired", member=1, interval=1, message=f"lease of {HOST}:10 expired; {HOST}:12 takes over")
+        | {"worker": f"{HOST}:12", "at": T0 + 1.9},
+        dict(kind="corrupt_checkpoint", member=0, interval=2, message="checkpoint /c/m0-i1.ckpt is corrupt")
+        | {"worker": f"{HOST}:11", "at": T0 + 2.6},
+    ]
+    status = "\n".join(f"  {e['kind']}: member {e['member']} interval {e['interval']}: {e['message']}" for e in events)
+    return dict(
+        run=dict(index=0, backend="sqlite", population=2, intervals=3, sync=False, lease=2.0, ckpt_db=False, label="r"),
+        host=HOST,
+        began=T0,
+        elapsed=4.0,
+        hung=False,
+        deleted=False,
+        status="finished",
+        rows=rows,
+        events=events,
+        live={"/c/m0-i2.ckpt": True, "/c/m1-i2.ckpt": True},
+        checkpoint_keys=[[r["member"], r["interval"]] for r in rows],
+        logs="",
+        log_successes=[[r["member"], r["interval"]] for r in rows if r["worker"] == f"{HOST}:11"],
+        status_out=status,
+        status_rc=0,
+        launchers=[{"rc": 0, "err": "", "killed": False}],
+        workers=[],
+        foreign=[dict(fault="f2", name="pretrained.ckpt", sha256="ab", now="ab", loaded=False)],
+        twin=None,
+        orphans=0,
+        driver=[],
+        faults=[
+            fault("f0", "kill_in_train", member=1, interval=1, firings=[[10, 1, 1]]),
+            fault("f1", "ckpt_bitflip", expect_corrupt="/c/m0-i1.ckpt"),
+            fault("f2", "foreign_file", detail="pretrained.ckpt"),
+        ],
+    )
+
+
+def test_a_clean_record_passes():
+    v = verdict.judge(clean())
+    assert v.problems == []
+    assert v.outcomes == {
+        "f0": (verdict.REPORTED, "member 1 interval 1"),
+        "f1": (verdict.REPORTED, "found corrupt when loaded"),
+        "f2": (verdict.NO_HARM, "pretrained.ckpt intact, never loaded"),
+    }
+    assert v.figures["missing"] == v.figures["duplicated"] == v.figures["corrupt"] == 0
+
+
+def broken(change) -> list[str]:
+    record = copy.deepcopy(clean())
+    change(record)
+    return verdict.judge(record).problems
+
+
+def test_a_missing_result_fails():
+    problems = broken(lambda r: r["rows"].pop(3))
+    assert problems == ["result missing: member 1 interval 1"]
+
+
+def test_a_duplicated_result_fails_whichever_record_shows_it():
+    assert broken(lambda r: r["rows"].append(dict(r["rows"][0]))) == ["result duplicated: member 0 interval 0"]
+    assert broken(lambda r: r["checkpoint_keys"].append([1, 2])) == ["result duplicated: member 1 interval 2"]
+    assert broken(lambda r: r["log_successes"].append([0, 0])) == ["result duplicated: member 0 interval 0"]
+
+
+def test_a_corrupt_referenced_checkpoint_fails():
+    problems = broken(lambda r: r["live"].update({"/c/m1-i2.ckpt": False}))
+    assert problems == ["corrupt or missing checkpoint referenced: /c/m1-i2.ckpt"]
+
+
+def test_a_final_result_without_its_checkpoint_fails():
+    problems = broken(lambda r: r["live"].pop("/c/m1-i2.ckpt"))
+    assert problems == [
+        "corrupt or missing checkpoint referenced: final result of member 1 has no live checkpoint (/c/m1-i2.ckpt)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "what, change",
+    [("deleted", {"now": None}), ("changed", {"now": "cd"}), ("loaded as a checkpoint", {"loaded": True})],
+)
+def test_a_deleted_changed_or_loaded_foreign_file_fails(what, change):
+    problems = broken(lambda r: r["foreign"][0].update(change))
+    assert len(problems) == 1 and f"pretrained.ckpt was {what}" in problems[0]
+
+
+def delay_the_last_results(record: dict, seconds: float) -> None:
+    for r in record["rows"][-2:]:
+        r["finished_at"] += seconds
+
+
+def test_a_stall_past_two_leases_fails():
+    problems = broken(lambda r: delay_the_last_results(r, 4.0))  # 4.5 s without a result, lease 2 s
+    assert problems == ["no result for 4.5 s (allowed 4.0 s: 2 leases and by-design waits)"]
+
+
+def test_a_stall_within_a_by_design_wait_passes_and_only_for_its_time():
+    def locked(seconds):
+        def change(r):
+            delay_the_last_results(r, 4.0)
+            r["faults"].append(fault("f3", "sqlite_lock", window=[T0 + 2.6, T0 + 2.6 + seconds]))
+
+        return change
+
+    assert broken(locked(1.0)) == []
+    assert broken(locked(0.2)) == ["no result for 4.5 s (allowed 4.2 s: 2 leases and by-design waits)"]
+
+
+def test_an_unreported_fault_fails():
+    problems = broken(lambda r: r["events"].pop(0))  # the takeover of the killed worker's interval
+    assert problems == ["f0 kill_in_train () unreported: member 1 interval 1: no line says so"]
+    problems = broken(lambda r: r["events"].pop(1))  # the bit-flip never found, its file still live
+    assert problems == []  # m0-i1 is no longer live: never loaded again, no harm
+    problems = broken(lambda r: (r["events"].pop(1), r["live"].update({"/c/m0-i1.ckpt": True})))
+    assert problems == ["f1 ckpt_bitflip () unreported: still live and never found corrupt"]
+
+
+def test_a_member_given_up_without_a_reason_fails():
+    def give_up(r):
+        r["rows"][5].update(state="failed")
+        r["events"].append(dict(kind="gave_up", member=1, interval=2, message="member 1 failed", worker=None, at=T0))
+
+    problems = broken(give_up)
+    assert any("member 1 given up at interval 2 for no injected reason" in p for p in problems)
+
+
+def test_a_launcher_that_failed_for_no_injected_reason_fails():
+    def failed(r):
+        r["launchers"][0].update(rc=1, err="worker 0 cannot work here: disk\nall workers stopped")
+
+    problems = broken(failed)
+    assert len(problems) == 1 and problems[0].startswith("popbt run #1 exited 1")
+    # the same, after a disk fault was injected: explained
+    assert broken(lambda r: (failed(r), r["faults"].append(fault("f4", "disk_full", window=[T0, T0 + 1])))) == []
+
+
+def test_a_deleted_database_must_be_said_salvaged_and_hold_every_committed_result():
+    def deleted(r, **d):
+        r.update(deleted=True, status="running")
+        r["faults"].append(fault("f5", "sqlite_deleted", window=[T0 + 3.5]))
+        r["deletion"] = dict(db_exists_after=False, salvaged=True, committed=[[0, 0], [1, 0]], said=["was deleted"]) | d
+
+    assert broken(deleted) == []
+    assert broken(lambda r: deleted(r, committed=[[0, 0], [1, 2], [1, 3]])) == [
+        "result lost (committed, not in the salvaged history): member 1 interval 3"
+    ]
+    assert "something recreated the deleted database file" in broken(lambda r: deleted(r, db_exists_after=True))
