@@ -3,7 +3,7 @@
 Each benchmark is a separate process printing markdown on stdout, so one that fails or is
 skipped leaves the others' results intact. The GPU section of an existing
 docs/benchmarks.md is kept: it comes from another machine.
-Run: .venv/bin/python bench/run_all.py [--quick] [--only claims,overhead,growth,affinity,lock,toy,quality]
+Run: .venv/bin/python bench/run_all.py [--quick] [--only claims,overhead,growth,affinity,lock,scale,toy,quality]
 (--only reruns a subset, or another bench/ script that prints markdown, and keeps the other
 sections of the existing file; sections of scripts that no longer exist are dropped.)
 """
@@ -26,7 +26,7 @@ import common
 from common import BENCH, ROOT, log
 
 DOC = ROOT / "docs" / "benchmarks.md"
-BENCHMARKS = ("claims", "overhead", "growth", "affinity", "lock", "toy", "quality")
+BENCHMARKS = ("claims", "overhead", "growth", "affinity", "lock", "scale", "toy", "quality")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_PACKAGE = "dataset-fashion-mnist"
 GPU_PLACEHOLDER = (

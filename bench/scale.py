@@ -50,6 +50,8 @@ class Tally:
     report_ms: list[float] = field(default_factory=list)
     lock_ms: list[float] = field(default_factory=list)
     empty_claims: int = 0
+    plans: int = 0  # decisions' compare-and-sets tried
+    refused: int = 0  # of which refused: the population moved on while planning
 
 
 def time_locks(store: SQLStore, tally: Tally, window: list[float]) -> None:
@@ -67,6 +69,9 @@ def time_locks(store: SQLStore, tally: Tally, window: list[float]) -> None:
         began = conn.info.pop("popbt_lock_t", None)
         if began is not None and window[0] <= time.monotonic() < window[1]:
             tally.lock_ms.append((time.perf_counter() - began) * 1000)
+            if "%(seen)s" in _statement:  # a decision's compare-and-set on the version
+                tally.plans += 1
+                tally.refused += _cursor.rowcount == 0
 
 
 def simulate(store: SQLStore, exp_id: int, name: str, window: list[float], tally: Tally) -> None:
@@ -154,6 +159,7 @@ class Measure:
     lock_p50: float
     lock_p99: float
     lock_share: float  # of the reporting time, the part spent waiting for the row lock
+    refused: float  # of the decisions' compare-and-sets, the part refused (planned from a stale snapshot)
 
 
 def run_point(url: str, workers: int, population: int, seconds: float, procs: int, name: str) -> Measure:
@@ -193,6 +199,7 @@ def run_point(url: str, workers: int, population: int, seconds: float, procs: in
         percentile(lock_ms, 50),
         percentile(lock_ms, 99),
         sum(lock_ms) / max(1e-9, sum(report_ms)),
+        sum(t.refused for t in tallies) / max(1, sum(t.plans for t in tallies)),
     )
 
 
@@ -281,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} runs of {args.seconds:g} s each after a warm-up; the range is min–max of "
         "reports/s. *Lock wait*: the duration of each statement that takes the experiment's row "
         "lock (a report's and a decision's version update), which returns once the lock is "
-        "granted; *lock share*: that wait as a part of the time spent in `report()`. Loopback, "
+        "granted; *lock share*: that wait as a part of the time spent in `report()`; *plans "
+        "refused*: decisions whose compare-and-set on the population's version failed (another "
+        "report moved it while the plan was made), so they were read and planned again. Loopback, "
         f"client and server on the same {os.cpu_count()} cores. Database: {where}.\n"
     )
     print(
@@ -296,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 "report p50 / p99 ms",
                 "lock wait p50 / p99 ms",
                 "lock share",
+                "plans refused",
             ],
             rows,
         )
@@ -346,6 +356,7 @@ def measure_all(
                         f"{m['report_p50']:.1f} / {m['report_p99']:.1f}",
                         f"{m['lock_p50']:.1f} / {m['lock_p99']:.1f}",
                         f"{m['lock_share']:.0%}",
+                        f"{m['refused']:.0%}",
                     ]
                 )
     return rows, capacity, where

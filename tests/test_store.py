@@ -409,9 +409,15 @@ def test_an_expired_lease_counts_as_an_attempt(store, storage):
     assert third.attempts == 2  # a worker seeing attempts >= max_attempts fails it at once
 
 
+def keep(hparams, rng):
+    """A spec's explore hook: planning then runs outside the report's transaction."""
+    return dict(hparams)
+
+
 def test_decisions_left_by_a_worker_that_died_after_its_report_are_settled_by_anyone(store, monkeypatch):
-    """The result is committed before the plan runs: if the reporting worker dies in between,
-    the waiting task is decided by the next caller of settle (an idle worker)."""
+    """With a spec's explore hook the result is committed before the plan runs: if the
+    reporting worker dies in between, the waiting task is decided by the next caller of
+    settle (an idle worker)."""
     import popbt.plan
 
     exp = store.create_experiment(config(), "/tmp")
@@ -425,7 +431,7 @@ def test_decisions_left_by_a_worker_that_died_after_its_report_are_settled_by_an
     with monkeypatch.context() as m:
         m.setattr(popbt.plan, "plan", die)
         with pytest.raises(SystemExit):
-            store.report(tasks[0], result(0.0, "/ckpt/0-0"))
+            store.report(tasks[0], result(0.0, "/ckpt/0-0"), explore=keep)
     assert [r.state for r in store.history(exp.id) if r.member == 0] == ["done", "waiting"]
     assert {store.claim(exp.id, "w", "cpu").member for _ in range(2)} == {2, 3}  # kept as they reported
     assert store.claim(exp.id, "w", "cpu") is None  # 0 and 1 wait for a plan nobody made
@@ -433,6 +439,37 @@ def test_decisions_left_by_a_worker_that_died_after_its_report_are_settled_by_an
     assert not outcome.finished
     healed = {t.member: t for t in (store.claim(exp.id, "w", "cpu"), store.claim(exp.id, "w", "cpu"))}
     assert healed[0].start.path == "/ckpt/3-0" and healed[1].start.path == "/ckpt/1-0"
+
+
+def test_a_report_that_fails_while_planning_under_the_lock_leaves_nothing_half_done(store, monkeypatch):
+    """The built-in rules plan inside the report's transaction: a failure there rolls the
+    whole report back, and the interval is still the worker's, under its lease."""
+    import popbt.plan
+
+    exp = store.create_experiment(config(), "/tmp")
+    tasks = [store.claim(exp.id, "w", "cpu") for _ in range(4)]
+    for t in tasks[1:]:
+        store.report(t, result(t.member, f"/ckpt/{t.member}-0"))
+    with monkeypatch.context() as m:
+        m.setattr(popbt.plan, "plan", lambda *a, **k: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            store.report(tasks[0], result(0.0, "/ckpt/0-0"))
+    assert [r.state for r in store.history(exp.id) if r.member == 0] == ["running"]
+    store.report(tasks[0], result(0.0, "/ckpt/0-0"))  # its lease still holds: reported once, decided
+    assert [r.state for r in store.history(exp.id) if r.member == 0] == ["done", "pending"]
+    assert [(x.member, x.donor) for x in store.exploits(exp.id)] == [(0, 3)]
+
+
+def test_with_the_built_in_rules_a_report_decides_its_member_in_its_own_transaction(store, monkeypatch):
+    """No second transaction, so no plan refused because another report moved the population."""
+    exp = store.create_experiment(config(), "/tmp")
+    tasks = [store.claim(exp.id, "w", "cpu") for _ in range(4)]
+    with monkeypatch.context() as m:
+        m.setattr(store, "_settle", lambda *a, **k: pytest.fail("planned in a transaction of its own"))
+        outcomes = [store.report(t, result(t.member, f"/ckpt/{t.member}-0")) for t in tasks]
+    assert not [r for r in store.history(exp.id) if r.state == "waiting"]
+    assert [(x.member, x.donor) for x in store.exploits(exp.id)] == [(0, 3)]
+    assert outcomes[-1].next_is_mine  # member 3, the best, goes on from its own checkpoint
 
 
 def test_a_plan_made_from_a_snapshot_that_moved_on_is_refused_and_nothing_is_written(store, monkeypatch):

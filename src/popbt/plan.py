@@ -2,9 +2,10 @@
 
 A task waits until its start is decided: after member m reports interval i, its next task
 (m, i + 1) waits for the exploit decision; a task that failed ``max_attempts`` times waits for
-its replacement. The store reads a ``Snapshot`` (under its lock), ``plan`` decides outside
-any lock (ranking, explore, the spec's hook, PB2's fit all run here), and the store applies
-the ``Plan`` only if the population's version has not moved meanwhile (else it plans again).
+its replacement. The store reads a ``Snapshot`` (under its lock), ``plan`` decides (ranking,
+explore, the spec's hook, PB2's fit all run here): outside any lock when a hook or PB2 is
+involved, and the store applies the ``Plan`` only if the population's version has not moved
+meanwhile (else it plans again); with the built-in rules alone, in the report's transaction.
 
 Members are compared at **matched age**: the decision before interval i + 1 ranks results of
 interval i only, never an older or newer one. In asynchronous mode a decision is taken as soon

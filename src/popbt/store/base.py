@@ -247,8 +247,10 @@ class Store(abc.ABC):
       interval with no result anywhere, or every member was given up. Nothing is claimed
       from it; ``reopen`` lets a failed-at-the-start experiment run again (after a fix).
     - Decisions (``popbt.plan``) are taken from a snapshot of the population read under the
-      lock, planned outside it (user hooks, PB2), and applied only if the population's version
-      has not moved (else re-planned). ``report``, ``fail`` and ``settle`` do it; any caller may.
+      lock; planned outside it when planning runs user code or PB2's fit, and then applied only
+      if the population's version has not moved (else re-planned); with the built-in rules
+      alone, planned and applied under the lock in the report's transaction. ``report``,
+      ``fail`` and ``settle`` decide; any caller may.
     - Members are compared at matched age, failing and given-up members are never ranked or
       copied, and every model's age is exact (``docs/strategies.md``).
     - A checkpoint is live while a task not yet done starts from it, it is a member's latest

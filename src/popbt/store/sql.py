@@ -11,7 +11,7 @@ import math
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from sqlalchemy import insert, inspect, select, update
@@ -254,15 +254,23 @@ class SQLStore(Reads, Store):
 
     def report(self, task: Task, result: Result, explore: Hook | None = None) -> Outcome:
         """Record the result, then decide what waits on it (see ``settle``). ``explore``: the
-        spec's explore(hparams, rng) hook, run by the plan in this (the reporting) process."""
+        spec's explore(hparams, rng) hook, run by the plan in this (the reporting) process.
+
+        With the built-in rules only (no hook, no PB2) planning is cheap and runs no user code,
+        so it runs in the report's own transaction, under the experiment's lock: nothing can
+        move the population meanwhile, so no plan is refused and planned again. Under many
+        workers a plan made outside the lock was refused almost always (every report moves the
+        version), and each retry queued on the lock again."""
         cfg = self.config(task.experiment_id)
         finite = math.isfinite(result.score)
         score = result.score if finite else None
         nxt = task.interval + 1
         exp = task.experiment_id
+        mine = [(task.member, nxt)]
 
-        def tx(conn: Connection) -> tuple[Snapshot, list[str], bool, bool]:
-            version, floor = pop.bump(conn, exp)
+        def tx(conn: Connection, inline: bool) -> _Reported:
+            # this member's own rows first; the experiment's row lock (bump) only for what the
+            # population shares, so that reports queue on it for as short a time as possible
             state = None
             where = {"exp": exp, "who_member": task.member, "at": task.interval}
             stored = {"file": result.path, "digest": result.sha256, "bytes": result.size, "blob": result.data}
@@ -274,28 +282,47 @@ class SQLStore(Reads, Store):
                     raise _AlreadyReported  # rolls this retry back; the first attempt stands
                 raise LeaseLost(f"member {task.member} interval {task.interval}: lease was taken over")
             conn.execute(q.ADVANCE_HEAD[cfg.mode], {**where, "result": score, "ckpt": ckpt})
-            if cfg.keep_best and finite:
-                conn.execute(q.RECORD_BEST[cfg.mode], {"exp": exp, "result": score, "ckpt": ckpt})
             if note:
                 pop.record_event(conn, exp, task.member, task.interval, "nonfinite", note, None)
             if nxt < cfg.intervals:
                 state = WAITING if planning.needs_decision(cfg, nxt, finite) else PENDING
                 pop.add_task(conn, exp, task.member, nxt, dict(task.hparams), ckpt, state)
-            if state == PENDING:  # claimable now (a decision's transaction wakes workers itself)
-                self.db.notify(conn, _channel(exp))
+            version, floor = pop.bump(conn, exp)  # what follows reads every report committed before
+            if cfg.keep_best and finite:
+                conn.execute(q.RECORD_BEST[cfg.mode], {"exp": exp, "result": score, "ckpt": ckpt})
             snapshot = pop.read_snapshot(conn, cfg, exp, version)
             # with decisions to take, the plan's transaction collects the garbage once for both
             garbage = [] if snapshot.waiting else pop.collect_garbage(conn, cfg, exp, floor)
             claimable = nxt < cfg.intervals and state == PENDING
-            return snapshot, garbage, nxt >= cfg.intervals and pop.maybe_finish(conn, cfg, exp), claimable
+            finished = nxt >= cfg.intervals and pop.maybe_finish(conn, cfg, exp)
+            if not inline:
+                return _Reported(snapshot, garbage, finished, claimable)
+            decided = planning.plan(snapshot)
+            if not decided:  # nothing can be decided yet: the change that allows it will
+                return _Reported(snapshot, garbage, finished, claimable, planned=True)
+            # the reporting worker claims one task right after this: wake the idle ones only
+            # for more than one (else every report wakes them all, to find nothing)
+            wake = (state == PENDING) + sum(not d.give_up for d in decided.decisions) > 1
+            applied = self._apply(conn, cfg, exp, decided, wake)
+            if applied is None:  # cannot be: we hold the lock, the version is ours
+                raise pop.Conflict("the population moved under the lock")
+            dead, over = applied
+            kept = claimable or pop.kept(decided, mine)
+            return _Reported(snapshot, garbage + dead, finished or over, kept, pop.donor_of(decided, mine), True)
 
+        inline = explore is None and cfg.explore != "pb2"
         try:
-            snapshot, garbage, finished, claimable = self._run(tx)
+            try:
+                reported = self._run(lambda conn: tx(conn, inline))
+            except pop.Conflict:  # a decided task changed under the lock after all: plan outside it
+                reported = self._run(lambda conn: tx(conn, False))
         except _AlreadyReported:  # its first attempt committed; its decisions may still be open
             settled = self.settle(exp, explore)
             return replace(settled, finished=self.progress(exp).finished)
-        outcome = self._settle(exp, snapshot, explore, finished, garbage, [(task.member, nxt)])
-        return replace(outcome, next_is_mine=claimable or outcome.next_is_mine)
+        if reported.planned:
+            return Outcome(reported.finished, reported.donor, reported.garbage, reported.claimable)
+        outcome = self._settle(exp, reported.snapshot, explore, reported.finished, reported.garbage, mine)
+        return replace(outcome, next_is_mine=reported.claimable or outcome.next_is_mine)
 
     def fail(self, task: Task, message: str, explore: Hook | None = None, detail: str | None = None) -> Outcome:
         """Retry the task after a delay that doubles with each attempt, or once it failed
@@ -423,13 +450,15 @@ class SQLStore(Reads, Store):
         return Outcome(finished, None, garbage)
 
     def _apply(
-        self, conn: Connection, cfg: ExperimentConfig, exp_id: int, plan: planning.Plan
+        self, conn: Connection, cfg: ExperimentConfig, exp_id: int, plan: planning.Plan, wake: bool = True
     ) -> tuple[list[str], bool] | None:
-        """Apply ``plan`` (None if the population moved on); the garbage, and whether that finished the run."""
+        """Apply ``plan`` (None if the population moved on); the garbage, and whether that
+        finished the run. ``wake``: notify idle workers of the tasks it made claimable."""
         floor = pop.apply(conn, exp_id, plan)
         if floor is None:
             return None
-        self.db.notify(conn, _channel(exp_id))
+        if wake:
+            self.db.notify(conn, _channel(exp_id))
         gave_up = any(d.give_up for d in plan.decisions)
         floor = None if gave_up else floor
         return pop.collect_garbage(conn, cfg, exp_id, floor), gave_up and pop.maybe_finish(conn, cfg, exp_id)
@@ -453,6 +482,19 @@ class SQLStore(Reads, Store):
 def retry_delay(base: float, attempts: int) -> float:
     """Seconds before attempt ``attempts + 1``: ``base`` doubled at each failed attempt."""
     return min(MAX_RETRY_DELAY, base * 2 ** max(0, attempts - 1)) if base > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Reported:
+    """What a report's transaction leaves for the rest of ``report``: the snapshot to plan
+    from, unless it planned (and applied) the decisions itself (``planned``)."""
+
+    snapshot: Snapshot
+    garbage: list[str]
+    finished: bool
+    claimable: bool
+    donor: int | None = None
+    planned: bool = False
 
 
 class _AlreadyReported(Exception):
