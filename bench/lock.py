@@ -3,8 +3,10 @@
 While a report holds the lock (sqlite: the database's single writer lock; PostgreSQL: the
 experiment's row), no other worker of the experiment can report, and on sqlite none can claim
 or renew a lease either. popbt 0.1 decided inside the report's transaction, PB2's Gaussian-
-process fit and the spec's explore hook included; now the decision is planned outside and only
-the snapshot read and the plan's application hold the lock.
+process fit and the spec's explore hook included. Now PB2's fit and any explore hook are planned
+outside the lock (only the snapshot read and the plan's application hold it), while the built-in
+rules, cheap and free of user code, plan inside the report's own transaction: a plan made
+outside was refused and redone whenever another report had moved the population.
 
 One in-process worker trains the toy (``popbt.examples.toy_quadratic``, population 8, 20
 intervals, async) with PBT's perturbation and with PB2; every write transaction that runs inside
@@ -147,12 +149,13 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["before"])], capture_output=True
             )
-    print(common.heading("Lock hold time per report: deciding outside the lock"))
+    print(common.heading("Lock hold time per report: slow decisions outside the lock"))
     print(
         f"One in-process worker, `popbt.examples.toy_quadratic`, population {population}, {intervals} intervals, "
         f"async, {len(seeds)} seeds; every write transaction inside `report()` timed from BEGIN to COMMIT. "
         f"*before*: git {args.before} (popbt 0.1: decisions, PB2's fit and the explore hook inside the "
-        "report's transaction); *after*: this tree (snapshot and apply under the lock, the plan outside). "
+        "report's transaction); *after*: this tree (PB2 planned outside the lock, only its snapshot and "
+        "apply under it; the built-in perturbation planned inside the report's transaction). "
         "Per report: the lock held in all (median, max) and the longest single hold.\n"
     )
     print(
