@@ -451,6 +451,8 @@ class Run:
     def inject(self, f: Fault, exp_id: int) -> bool:
         """Inject one external fault; False when it has no target yet (try again shortly)."""
         kind = f.kind
+        if (kind in NETNS or kind in ("sick_worker", "shared_dir")) and self.holding():
+            return False  # a worker started now would stop at once: it is meant to work first
         workers = [
             p for p in self.workers() if p.pid not in self.frozen and p.state != "T" and p.pid not in self.special
         ]
