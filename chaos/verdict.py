@@ -535,20 +535,24 @@ def _bad_device(f: dict, facts: Facts) -> tuple[str, str]:
     return REPORTED, errors[0][len("popbt: error: ") :]
 
 
+SICK = "(chaos: a sick worker)"  # chaos/spec.py's CUDA error on the sick worker
+
+
 def _sick(f: dict, facts: Facts) -> tuple[str, str]:
-    """It blames itself (exit 3, worker_fault) and no member pays for it."""
+    """It blames itself (exit 3, worker_fault) and no member pays for it: a member replaced or
+    given up where it failed had enough other failures (or a corrupt checkpoint) to be."""
     w = facts.worker(f["id"]) or {}
     name = w.get("name")
-    mine = [e for e in facts.events if e["kind"] == "failure" and e.get("worker") == name]
+    mine = [e for e in facts.events if e["kind"] == "failure" and e.get("worker") == name and SICK in e["message"]]
     for e in mine:
         m, k = e["member"], e["interval"]
+        here = [x for x in facts.events if (x["member"], x["interval"]) == (m, k)]
         others = [
-            x
-            for x in facts.events
-            if (x["member"], x["interval"]) == (m, k)
-            and (x["kind"] == "lease_expired" or x["kind"] == "failure" and x.get("worker") != name)
+            x for x in here if x["kind"] == "lease_expired" or x["kind"] == "failure" and SICK not in x["message"]
         ]
-        if (facts.event("replaced", m, k) or facts.event("gave_up", m, k)) and len(others) < MAX_ATTEMPTS:
+        corrupt = any("CorruptCheckpoint" in x["message"] for x in here if x["kind"] == "failure")
+        charged = facts.event("replaced", m, k) or facts.event("gave_up", m, k)
+        if charged and len(others) < MAX_ATTEMPTS and not corrupt:
             return UNREPORTED, f"member {m} paid for the sick worker at interval {k}"
     if w.get("rc") == 3 and "in a row while other workers succeeded" in w.get("out", ""):
         if facts.event("worker_fault", worker=name):
