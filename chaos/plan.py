@@ -231,8 +231,8 @@ def applicable(kind: str, backend: str, ckpt_db: bool, kinds: list[str] = ()) ->
         if ckpt_db:
             return False
     # the twin's workers would stop on the broken disk too: not in one run
-    if kind in DISK:
-        return "shared_dir" not in kinds
+    if kind in DISK:  # one broken disk per run: its workers restart when it is mended
+        return "shared_dir" not in kinds and not any(k in DISK for k in kinds)
     if kind == "shared_dir":
         return not any(k in DISK for k in kinds)
     return True

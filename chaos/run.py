@@ -261,6 +261,22 @@ class Run:
         external = sorted((f for f in self.plan.faults if f.kind not in IN_SPEC and f.at > 0), key=lambda f: f.at)
         due: list[tuple[float, Fault]] = []
         total = self.plan.population * self.plan.intervals
+        self.exp_id = None
+        try:
+            self.loop(started, external, due, total)
+        except Exception as e:  # the campaign's own reads failed: say so, and still clean up
+            self.driver.append(f"the campaign could not go on with this run: {type(e).__name__}: {e}"[:400])
+        self.elapsed = time.monotonic() - started
+        self.wind_down()
+        try:
+            return self.collect(self.exp_id)
+        finally:
+            self.db.close()
+            if self.plan.tmpfs:
+                sh("umount", "-l", str(self.ckdir))
+
+    def loop(self, started: float, external: list[Fault], due: list, total: int) -> int | None:
+        """Watch and inject until the experiment is over (or the database was deleted)."""
         exp_id = None
         while not self.deleted:
             if time.monotonic() - started > self.budget:
@@ -274,7 +290,7 @@ class Run:
                     self.launch()
                 time.sleep(0.05)
                 continue
-            exp_id = exp.id
+            exp_id = self.exp_id = exp.id
             if exp.status in ("finished", "failed"):
                 break
             done = self.db.done(exp_id)
@@ -297,14 +313,7 @@ class Run:
             if not self.deleted:
                 self.ensure_someone()
             time.sleep(0.05)
-        self.elapsed = time.monotonic() - started
-        self.wind_down()
-        try:
-            return self.collect(exp_id)
-        finally:
-            self.db.close()
-            if self.plan.tmpfs:
-                sh("umount", "-l", str(self.ckdir))
+        return exp_id
 
     def prepare(self) -> None:
         """Before the first launch: the tmpfs the disk faults break, the foreign files of time 0."""
@@ -551,8 +560,9 @@ class Run:
         return True
 
     def break_disk(self, f: Fault, exp_id: int) -> bool:
-        if self.disk is not None:
-            return False
+        working = [p for p in self.workers() if p.pid not in self.frozen and p.pid not in self.special]
+        if self.disk is not None or not working:
+            return False  # a worker must be there to meet it
         f.facts["workers"] = len([p for p in self.workers() if p.pid not in self.frozen])
         f.facts["faults"] = len(self.db.events(exp_id))  # a worker_fault after these: a worker met it
         f.window = [time.time()]
