@@ -144,6 +144,7 @@ class Run:
         self.deleted = False
         self.seen_done: list = []
         self.driver: list[str] = []
+        self.spawned = 0.0  # when the latest popbt process was started
         self.compensated: set[int] = set()  # workers killed with their launcher: it is run again
         self.db = probe.DB(self.url)
         self.budget = 150 + 40 * sum(f.kind == "sqlite_lock_long" for f in plan.faults)
@@ -165,6 +166,7 @@ class Run:
         return cmd
 
     def launch(self) -> None:
+        self.spawned = time.monotonic()
         n = self.launches = self.launches + 1
         out = open(self.dir / f"launcher-{n}.out", "w")
         err = open(self.dir / f"launcher-{n}.err", "w")
@@ -181,6 +183,7 @@ class Run:
 
     def add_worker(self, *extra: str, role: str = "", fault: str = "", env: dict | None = None, storage=None) -> int:
         """A `popbt worker` of this run (``extra``: its options; ``role``: CHAOS_ROLE)."""
+        self.spawned = time.monotonic()
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"extra-{len(self.extras)}{'-' + fault if fault else ''}.log"
         cmd = [PY, "-m", "popbt", "worker", SPEC, "--experiment", self.name, "--storage", storage or self.url]
@@ -515,6 +518,8 @@ class Run:
         elif kind == "shared_dir":
             self.start_twin(f)
         elif kind == "foreign_file":
+            if self.disk is not None:
+                return False  # the directory is broken just now: later
             self.put_foreign(f)
         elif kind == "sqlite_deleted":
             return self.delete_db(f, exp_id)
@@ -653,6 +658,8 @@ class Run:
     def delete_db(self, f: Fault, exp_id: int) -> bool:
         if self.frozen or any(lp.poll() is None for _, lp in self.lockers) or self.disk or self.netns:
             return False
+        if time.monotonic() - self.spawned < 5:
+            return False  # one just started may not have opened the file yet: it would make a new one
         self.seen_done = [[r.member, r.interval] for r in self.db.tasks(exp_id) if r.state == "done"]
         self.db.close()
         self.db_path.unlink()
