@@ -370,7 +370,7 @@ class Run:
                 self.handled.add(f.id)
             elif f.kind == "stop_past_lease":
                 pid, m, k = firings[0]
-                os.kill(pid, signal.SIGSTOP)
+                probe.signal_all([pid], signal.SIGSTOP)
                 # bounded: a worker frozen inside a transaction (its heartbeat's) holds locks that
                 # keep anyone from taking its task over until it thaws
                 self.frozen[pid] = (f, time.monotonic() + 8 * self.plan.lease + 10)
@@ -485,7 +485,7 @@ class Run:
             if not workers:
                 return False
             victim = random.Random(f.id).choice(workers)
-            os.kill(victim.pid, signal.SIGSTOP)
+            probe.signal_all([victim.pid], signal.SIGSTOP)
             self.frozen[victim.pid] = (f, time.monotonic() + f.duration)
             f.window = [time.time()]
             f.pids, f.injected, f.detail = [victim.pid], True, f"for {f.duration:.1f} s"
@@ -537,7 +537,7 @@ class Run:
             f.pids = [target.pid]
         else:
             group = [p for p in probe.processes(self.dir) if _pgid(p.pid) == target.pid]
-            os.killpg(target.pid, signal.SIGKILL)
+            _killpg(target.pid)
             f.pids = [p.pid for p in group]
             for p in group:
                 if p.role == "worker":
@@ -695,7 +695,7 @@ class Run:
                 probe.kill(p.pid)
             if self.twin is not None and self.twin.poll() is None:
                 self.driver.append("the twin's popbt run still running 90 s after the end")
-                os.killpg(self.twin.pid, signal.SIGKILL)
+                _killpg(self.twin.pid)
         if self.link is not None:
             self.link.restore()
         for _, lp in self.lockers:
@@ -876,6 +876,13 @@ def _cuda_devices() -> int:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except ImportError:
         return 0
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _pgid(pid: int) -> int | None:

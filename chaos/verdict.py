@@ -17,6 +17,7 @@ from plan import DISK, IN_SPEC, NETNS, WAITS_BY_DESIGN  # chaos/ is on sys.path 
 REPORTED, NO_HARM, UNREPORTED = "reported", "no harm", "unreported"
 STALL_LEASES = 2  # the longest a run may go without a result, in leases (beyond by-design waits)
 MAX_ATTEMPTS = 3  # popbt's default max_attempts, which the campaign's runs use
+RETRY_DELAY = 1.0  # and its default retry_delay
 KILLS = {
     "kill_after_claim",
     "kill_in_train",
@@ -107,6 +108,7 @@ def judge(record: dict) -> Verdict:
     v.problems += _twin(record)
     v.problems += _deletion(facts, record)
     v.problems += [f"the driver saw: {line}" for line in record.get("driver", [])]
+    v.problems += _blamed_wrongly(facts)
     for f in record["faults"]:
         if not f["injected"]:
             continue
@@ -214,6 +216,19 @@ def _gave_up_explained(facts: Facts, gave_up) -> list[str]:
     return out
 
 
+def _blamed_wrongly(facts: Facts) -> list[str]:
+    """Only the sick worker may blame itself for its failures: a healthy worker that does
+    stops for nothing and takes back charges its members earned."""
+    sick = {w["name"] for w in facts.record.get("workers", []) if w.get("role") == "sick"}
+    return [
+        f"a healthy worker blamed itself: {e['message'][:200]}"
+        for e in facts.events
+        if e["kind"] == "worker_fault"
+        and "in a row while other workers succeeded" in e["message"]
+        and e.get("worker") not in sick
+    ]
+
+
 def _one_line_events(facts: Facts, record: dict) -> list[str]:
     out = []
     if any("\n" in e["message"] for e in facts.events):
@@ -273,6 +288,26 @@ def _retry_windows(facts: Facts, record: dict) -> list[tuple[float, float]]:
     return out
 
 
+def _backoffs(facts: Facts) -> list[tuple[float, float]]:
+    """After attempt n failed, its retry waits retry_delay * 2**(n-1) by design."""
+    out = []
+    for e in facts.events:
+        found = re.match(r"attempt (\d+)/", e["message"]) if e["kind"] == "failure" else None
+        if found and e.get("at") is not None:
+            out.append((e["at"], e["at"] + min(60.0, RETRY_DELAY * 2 ** (int(found.group(1)) - 1))))
+    return out
+
+
+def _strikes(record: dict) -> list[float]:
+    """When each fault struck: its firings in user code, or its injection from outside."""
+    out = []
+    for f in record["faults"]:
+        if f["injected"]:
+            out += f["facts"].get("fired_at", []) + ([f["facts"]["t"]] if "t" in f["facts"] else [])
+            out += f["window"][:1]
+    return out
+
+
 def _stalls(facts: Facts, record: dict) -> tuple[float, list[str]]:
     """The longest stretch without a result, and a problem for each stretch longer than 2
     leases plus the time faults that wait by design lasted within it."""
@@ -282,10 +317,12 @@ def _stalls(facts: Facts, record: dict) -> tuple[float, list[str]]:
         for f in record["faults"]
         if f["injected"] and f["kind"] in WAITS_BY_DESIGN and len(f.get("window", [])) == 2
     ]
-    waits += _retry_windows(facts, record)
+    waits += _retry_windows(facts, record) + _backoffs(facts)
+    struck = sorted(_strikes(record))
     longest, out = 0.0, []
     for a, b in stretches(times):
         longest = max(longest, b - a)
+        a = max([a, *(t for t in struck if a < t < b)])  # counted from the last fault that struck in it
         allowed = STALL_LEASES * facts.lease + _overlap(a, b, waits)
         if b - a > allowed:
             out.append(f"no result for {b - a:.1f} s (allowed {allowed:.1f} s: 2 leases and by-design waits)")
@@ -479,6 +516,8 @@ def _ckpt(f: dict, facts: Facts) -> tuple[str, str]:
 def _lock_long(f: dict, facts: Facts) -> tuple[str, str]:
     if UNREACHABLE in facts.logs:
         return REPORTED, "the workers said the database was unreachable"
+    if re.search(r"^popbt: error: storage .*: database is locked$", facts.logs, re.M):
+        return REPORTED, "the workers starting meanwhile said the database was locked"
     return UNREPORTED, "no worker said the database was unreachable"
 
 
