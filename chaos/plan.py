@@ -71,7 +71,8 @@ EXTERNAL = {
 DESCRIPTION = {**{k: v[2] for k, v in IN_SPEC.items()}, **EXTERNAL}
 
 # Faults whose by-design effect is that nobody can make progress while they last (see
-# docs/reliability.md, "Stalls"): a run may go without a result for 2 leases plus their time.
+# docs/reliability.md, "The campaign"): a run may go without a result for 2 leases plus their
+# time; chaos/verdict.py adds each failed attempt's retry backoff.
 WAITS_BY_DESIGN = {
     "sqlite_lock": "every writer waits for the lock (the busy timeout)",
     "sqlite_lock_long": "every writer waits, then stops past its patience; the run is started again",
