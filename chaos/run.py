@@ -492,6 +492,8 @@ class Run:
         elif kind in ("kill_run", "kill_run_and_workers"):
             return self.kill_run(f, exp_id)
         elif kind.startswith("ckpt_"):
+            if self.disk is not None:
+                return False  # the directory is broken just now: later
             return self.damage(f, exp_id)
         elif kind in ("sqlite_lock", "sqlite_lock_long"):
             return self.lock(f)
