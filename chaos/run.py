@@ -657,10 +657,17 @@ class Run:
         f.facts["dir"] = str(twin)
         f.injected, f.detail = True, "3x3 in its own sqlite database"
 
+    def all_opened(self) -> bool:
+        """Every live popbt process of this run has said its first line (it opened the database)."""
+        for n, p in enumerate(self.launchers, 1):
+            if p.poll() is None and not (self.dir / f"launcher-{n}.out").stat().st_size:
+                return False
+        return all(x["proc"].poll() is not None or x["log"].stat().st_size for x in self.extras)
+
     def delete_db(self, f: Fault, exp_id: int) -> bool:
         if self.frozen or any(lp.poll() is None for _, lp in self.lockers) or self.disk or self.netns:
             return False
-        if time.monotonic() - self.spawned < 5:
+        if not self.all_opened():
             return False  # one just started may not have opened the file yet: it would make a new one
         self.seen_done = [[r.member, r.interval] for r in self.db.tasks(exp_id) if r.state == "done"]
         self.db.close()

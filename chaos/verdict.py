@@ -492,17 +492,28 @@ def _sigterm(f: dict, facts: Facts) -> tuple[str, str]:
     bad = [p for p in signalled if not facts.event("released", m, k, "SIGTERM", worker=f"{host}:{p}")]
     if bad:
         return UNREPORTED, f"no released event for the SIGTERMed worker(s) {bad}"
-    charged = [e["kind"] for e in facts.events if (e["member"], e["interval"]) == (m, k) and e["kind"] in ("failure",)]
-    expired = [e for e in facts.events if (e["member"], e["interval"]) == (m, k) and e["kind"] == "lease_expired"]
-    if charged or facts.event("replaced", m, k) or facts.event("gave_up", m, k):
-        return UNREPORTED, f"member {m} was charged for its preemptions: {charged}"
+    here = [e for e in facts.events if (e["member"], e["interval"]) == (m, k)]
+    preempted = {f"{host}:{p}" for p in signalled}
+    charged = [e["message"] for e in here if e["kind"] == "failure" and e.get("worker") in preempted and _interrupt(e)]
+    others = [e for e in here if e["kind"] == "lease_expired" or e["kind"] == "failure" and e not in charged]
+    corrupt = any("CorruptCheckpoint" in e["message"] for e in here if e["kind"] == "failure")
+    if charged:
+        return UNREPORTED, f"member {m} was charged for its preemptions: {charged[:2]}"
+    replaced = facts.event("replaced", m, k) or facts.event("gave_up", m, k)
+    if replaced and len(others) < MAX_ATTEMPTS and not corrupt:
+        return UNREPORTED, f"member {m} was replaced at interval {k} with {len(others)} other failures"
     row = facts.done_row(m, k)
-    if row is None or row["attempts"] > len(expired):
+    if row is None or row["attempts"] > len(others):
         return UNREPORTED, f"attempts {row and row['attempts']} after {len(signalled)} preemptions"
     rcs = [w["rc"] for w in facts.record.get("workers", []) if w["pid"] in signalled and w["rc"] is not None]
     if any(rc != 143 for rc in rcs):
         return UNREPORTED, f"a preempted worker exited {rcs}, not 143"
     return REPORTED, f"{len(signalled)} preemptions, each handed back; attempts {row['attempts']}"
+
+
+def _interrupt(e: dict) -> bool:
+    """A failure that is the signal itself (not user code failing before it came)."""
+    return any(word in e["message"] for word in ("SIGTERM", "Interrupted", "KeyboardInterrupt"))
 
 
 def _ckpt(f: dict, facts: Facts) -> tuple[str, str]:
@@ -591,7 +602,10 @@ def _sick(f: dict, facts: Facts) -> tuple[str, str]:
         ]
         corrupt = any("CorruptCheckpoint" in x["message"] for x in here if x["kind"] == "failure")
         charged = facts.event("replaced", m, k) or facts.event("gave_up", m, k)
-        if charged and len(others) < MAX_ATTEMPTS and not corrupt:
+        # its first charge stands where a retry was claimed before it could know it was sick
+        # (absolve takes back only what still stands): a replacement, never a give-up
+        given_up = facts.event("gave_up", m, k) and len(others) < MAX_ATTEMPTS * (MAX_ATTEMPTS + 1)
+        if (charged and len(others) < MAX_ATTEMPTS - 1 or given_up) and not corrupt:
             return UNREPORTED, f"member {m} paid for the sick worker at interval {k}"
     if w.get("rc") == 3 and "in a row while other workers succeeded" in w.get("out", ""):
         if facts.event("worker_fault", worker=name):
