@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -130,6 +131,20 @@ def summarize(judged: list[tuple[dict, verdict.Verdict]], seed: int, minutes: fl
     return "\n".join(text), ok
 
 
+def crashed(p, e: Exception) -> dict:
+    """The record of a run the campaign could not carry out or collect."""
+    return dict(
+        run=p.as_dict(),
+        faults=[asdict(f) for f in p.faults],
+        driver=[f"the campaign failed on this run: {type(e).__name__}: {e}"[:400]],
+        hung=False,
+        status=None,
+        elapsed=0.0,
+        launches=1,
+        replacements=0,
+    )
+
+
 def parse(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=20240601)
@@ -192,12 +207,16 @@ def main(argv=None) -> int:
         if "postgresql" in backends:
             if not set(NETNS) & without:
                 link = Link().create()
-            cluster = pgcluster.Cluster(args.port, also_listen=link and Link.ROOT_IP).start()
+            port = pgcluster.free_port(args.port)
+            cluster = pgcluster.Cluster(port, also_listen=link and Link.ROOT_IP).start()
         queue = list(plan)
         extra_index = max((p.index for p in plan), default=-1) + 1
         while queue:
             p = queue.pop(0)
-            record = Run(p, root, cluster if p.backend == "postgresql" else None, link).execute()
+            try:
+                record = Run(p, root, cluster if p.backend == "postgresql" else None, link).execute()
+            except Exception as e:  # nothing to judge but that: the run fails
+                record = crashed(p, e)
             v = verdict.judge(record)
             judged.append((record, v))
             report_run(record, v, say)

@@ -10,6 +10,7 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +30,19 @@ def why_not() -> str | None:
     except KeyError:
         return "needs the postgres system user"
     return None
+
+
+def free_port(start: int) -> int:
+    """The first port from ``start`` nobody listens on at 127.0.0.1 (another cluster may hold
+    ``start``: then the campaign would talk to it over TCP while creating databases in its own)."""
+    for port in range(start, start + 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port in {start}-{start + 99}")
 
 
 class Cluster:

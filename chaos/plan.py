@@ -71,7 +71,8 @@ EXTERNAL = {
 DESCRIPTION = {**{k: v[2] for k, v in IN_SPEC.items()}, **EXTERNAL}
 
 # Faults whose by-design effect is that nobody can make progress while they last (see
-# docs/reliability.md, "Stalls"): a run may go without a result for 2 leases plus their time.
+# docs/reliability.md, "The campaign"): a run may go without a result for 2 leases plus their
+# time; chaos/verdict.py adds each failed attempt's retry backoff.
 WAITS_BY_DESIGN = {
     "sqlite_lock": "every writer waits for the lock (the busy timeout)",
     "sqlite_lock_long": "every writer waits, then stops past its patience; the run is started again",
@@ -231,8 +232,8 @@ def applicable(kind: str, backend: str, ckpt_db: bool, kinds: list[str] = ()) ->
         if ckpt_db:
             return False
     # the twin's workers would stop on the broken disk too: not in one run
-    if kind in DISK:
-        return "shared_dir" not in kinds
+    if kind in DISK:  # one broken disk per run: its workers restart when it is mended
+        return "shared_dir" not in kinds and not any(k in DISK for k in kinds)
     if kind == "shared_dir":
         return not any(k in DISK for k in kinds)
     return True

@@ -144,6 +144,7 @@ class Run:
         self.deleted = False
         self.seen_done: list = []
         self.driver: list[str] = []
+        self.spawned = 0.0  # when the latest popbt process was started
         self.compensated: set[int] = set()  # workers killed with their launcher: it is run again
         self.db = probe.DB(self.url)
         self.budget = 150 + 40 * sum(f.kind == "sqlite_lock_long" for f in plan.faults)
@@ -165,6 +166,7 @@ class Run:
         return cmd
 
     def launch(self) -> None:
+        self.spawned = time.monotonic()
         n = self.launches = self.launches + 1
         out = open(self.dir / f"launcher-{n}.out", "w")
         err = open(self.dir / f"launcher-{n}.err", "w")
@@ -181,6 +183,7 @@ class Run:
 
     def add_worker(self, *extra: str, role: str = "", fault: str = "", env: dict | None = None, storage=None) -> int:
         """A `popbt worker` of this run (``extra``: its options; ``role``: CHAOS_ROLE)."""
+        self.spawned = time.monotonic()
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"extra-{len(self.extras)}{'-' + fault if fault else ''}.log"
         cmd = [PY, "-m", "popbt", "worker", SPEC, "--experiment", self.name, "--storage", storage or self.url]
@@ -261,6 +264,22 @@ class Run:
         external = sorted((f for f in self.plan.faults if f.kind not in IN_SPEC and f.at > 0), key=lambda f: f.at)
         due: list[tuple[float, Fault]] = []
         total = self.plan.population * self.plan.intervals
+        self.exp_id = None
+        try:
+            self.loop(started, external, due, total)
+        except Exception as e:  # the campaign's own reads failed: say so, and still clean up
+            self.driver.append(f"the campaign could not go on with this run: {type(e).__name__}: {e}"[:400])
+        self.elapsed = time.monotonic() - started
+        self.wind_down()
+        try:
+            return self.collect(self.exp_id)
+        finally:
+            self.db.close()
+            if self.plan.tmpfs:
+                sh("umount", "-l", str(self.ckdir))
+
+    def loop(self, started: float, external: list[Fault], due: list, total: int) -> int | None:
+        """Watch and inject until the experiment is over (or the database was deleted)."""
         exp_id = None
         while not self.deleted:
             if time.monotonic() - started > self.budget:
@@ -274,7 +293,7 @@ class Run:
                     self.launch()
                 time.sleep(0.05)
                 continue
-            exp_id = exp.id
+            exp_id = self.exp_id = exp.id
             if exp.status in ("finished", "failed"):
                 break
             done = self.db.done(exp_id)
@@ -297,14 +316,7 @@ class Run:
             if not self.deleted:
                 self.ensure_someone()
             time.sleep(0.05)
-        self.elapsed = time.monotonic() - started
-        self.wind_down()
-        try:
-            return self.collect(exp_id)
-        finally:
-            self.db.close()
-            if self.plan.tmpfs:
-                sh("umount", "-l", str(self.ckdir))
+        return exp_id
 
     def prepare(self) -> None:
         """Before the first launch: the tmpfs the disk faults break, the foreign files of time 0."""
@@ -358,7 +370,7 @@ class Run:
                 self.handled.add(f.id)
             elif f.kind == "stop_past_lease":
                 pid, m, k = firings[0]
-                os.kill(pid, signal.SIGSTOP)
+                probe.signal_all([pid], signal.SIGSTOP)
                 # bounded: a worker frozen inside a transaction (its heartbeat's) holds locks that
                 # keep anyone from taking its task over until it thaws
                 self.frozen[pid] = (f, time.monotonic() + 8 * self.plan.lease + 10)
@@ -451,6 +463,8 @@ class Run:
     def inject(self, f: Fault, exp_id: int) -> bool:
         """Inject one external fault; False when it has no target yet (try again shortly)."""
         kind = f.kind
+        if (kind in NETNS or kind in ("sick_worker", "shared_dir")) and self.holding():
+            return False  # a worker started now would stop at once: it is meant to work first
         workers = [
             p for p in self.workers() if p.pid not in self.frozen and p.state != "T" and p.pid not in self.special
         ]
@@ -471,13 +485,15 @@ class Run:
             if not workers:
                 return False
             victim = random.Random(f.id).choice(workers)
-            os.kill(victim.pid, signal.SIGSTOP)
+            probe.signal_all([victim.pid], signal.SIGSTOP)
             self.frozen[victim.pid] = (f, time.monotonic() + f.duration)
             f.window = [time.time()]
             f.pids, f.injected, f.detail = [victim.pid], True, f"for {f.duration:.1f} s"
         elif kind in ("kill_run", "kill_run_and_workers"):
             return self.kill_run(f, exp_id)
         elif kind.startswith("ckpt_"):
+            if self.disk is not None:
+                return False  # the directory is broken just now: later
             return self.damage(f, exp_id)
         elif kind in ("sqlite_lock", "sqlite_lock_long"):
             return self.lock(f)
@@ -504,6 +520,8 @@ class Run:
         elif kind == "shared_dir":
             self.start_twin(f)
         elif kind == "foreign_file":
+            if self.disk is not None:
+                return False  # the directory is broken just now: later
             self.put_foreign(f)
         elif kind == "sqlite_deleted":
             return self.delete_db(f, exp_id)
@@ -521,7 +539,7 @@ class Run:
             f.pids = [target.pid]
         else:
             group = [p for p in probe.processes(self.dir) if _pgid(p.pid) == target.pid]
-            os.killpg(target.pid, signal.SIGKILL)
+            _killpg(target.pid)
             f.pids = [p.pid for p in group]
             for p in group:
                 if p.role == "worker":
@@ -549,8 +567,9 @@ class Run:
         return True
 
     def break_disk(self, f: Fault, exp_id: int) -> bool:
-        if self.disk is not None:
-            return False
+        working = [p for p in self.workers() if p.pid not in self.frozen and p.pid not in self.special]
+        if self.disk is not None or not working:
+            return False  # a worker must be there to meet it
         f.facts["workers"] = len([p for p in self.workers() if p.pid not in self.frozen])
         f.facts["faults"] = len(self.db.events(exp_id))  # a worker_fault after these: a worker met it
         f.window = [time.time()]
@@ -638,9 +657,18 @@ class Run:
         f.facts["dir"] = str(twin)
         f.injected, f.detail = True, "3x3 in its own sqlite database"
 
+    def all_opened(self) -> bool:
+        """Every live popbt process of this run has said its first line (it opened the database)."""
+        for n, p in enumerate(self.launchers, 1):
+            if p.poll() is None and not (self.dir / f"launcher-{n}.out").stat().st_size:
+                return False
+        return all(x["proc"].poll() is not None or x["log"].stat().st_size for x in self.extras)
+
     def delete_db(self, f: Fault, exp_id: int) -> bool:
         if self.frozen or any(lp.poll() is None for _, lp in self.lockers) or self.disk or self.netns:
             return False
+        if not self.all_opened():
+            return False  # one just started may not have opened the file yet: it would make a new one
         self.seen_done = [[r.member, r.interval] for r in self.db.tasks(exp_id) if r.state == "done"]
         self.db.close()
         self.db_path.unlink()
@@ -676,7 +704,7 @@ class Run:
                 probe.kill(p.pid)
             if self.twin is not None and self.twin.poll() is None:
                 self.driver.append("the twin's popbt run still running 90 s after the end")
-                os.killpg(self.twin.pid, signal.SIGKILL)
+                _killpg(self.twin.pid)
         if self.link is not None:
             self.link.restore()
         for _, lp in self.lockers:
@@ -857,6 +885,13 @@ def _cuda_devices() -> int:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except ImportError:
         return 0
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _pgid(pid: int) -> int | None:

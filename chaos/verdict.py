@@ -17,6 +17,7 @@ from plan import DISK, IN_SPEC, NETNS, WAITS_BY_DESIGN  # chaos/ is on sys.path 
 REPORTED, NO_HARM, UNREPORTED = "reported", "no harm", "unreported"
 STALL_LEASES = 2  # the longest a run may go without a result, in leases (beyond by-design waits)
 MAX_ATTEMPTS = 3  # popbt's default max_attempts, which the campaign's runs use
+RETRY_DELAY = 1.0  # and its default retry_delay
 KILLS = {
     "kill_after_claim",
     "kill_in_train",
@@ -107,6 +108,7 @@ def judge(record: dict) -> Verdict:
     v.problems += _twin(record)
     v.problems += _deletion(facts, record)
     v.problems += [f"the driver saw: {line}" for line in record.get("driver", [])]
+    v.problems += _blamed_wrongly(facts)
     for f in record["faults"]:
         if not f["injected"]:
             continue
@@ -214,6 +216,19 @@ def _gave_up_explained(facts: Facts, gave_up) -> list[str]:
     return out
 
 
+def _blamed_wrongly(facts: Facts) -> list[str]:
+    """Only the sick worker may blame itself for its failures: a healthy worker that does
+    stops for nothing and takes back charges its members earned."""
+    sick = {w["name"] for w in facts.record.get("workers", []) if w.get("role") == "sick"}
+    return [
+        f"a healthy worker blamed itself: {e['message'][:200]}"
+        for e in facts.events
+        if e["kind"] == "worker_fault"
+        and "in a row while other workers succeeded" in e["message"]
+        and e.get("worker") not in sick
+    ]
+
+
 def _one_line_events(facts: Facts, record: dict) -> list[str]:
     out = []
     if any("\n" in e["message"] for e in facts.events):
@@ -273,6 +288,26 @@ def _retry_windows(facts: Facts, record: dict) -> list[tuple[float, float]]:
     return out
 
 
+def _backoffs(facts: Facts) -> list[tuple[float, float]]:
+    """After attempt n failed, its retry waits retry_delay * 2**(n-1) by design."""
+    out = []
+    for e in facts.events:
+        found = re.match(r"attempt (\d+)/", e["message"]) if e["kind"] == "failure" else None
+        if found and e.get("at") is not None:
+            out.append((e["at"], e["at"] + min(60.0, RETRY_DELAY * 2 ** (int(found.group(1)) - 1))))
+    return out
+
+
+def _strikes(record: dict) -> list[float]:
+    """When each fault struck: its firings in user code, or its injection from outside."""
+    out = []
+    for f in record["faults"]:
+        if f["injected"]:
+            out += f["facts"].get("fired_at", []) + ([f["facts"]["t"]] if "t" in f["facts"] else [])
+            out += f["window"][:1]
+    return out
+
+
 def _stalls(facts: Facts, record: dict) -> tuple[float, list[str]]:
     """The longest stretch without a result, and a problem for each stretch longer than 2
     leases plus the time faults that wait by design lasted within it."""
@@ -282,10 +317,12 @@ def _stalls(facts: Facts, record: dict) -> tuple[float, list[str]]:
         for f in record["faults"]
         if f["injected"] and f["kind"] in WAITS_BY_DESIGN and len(f.get("window", [])) == 2
     ]
-    waits += _retry_windows(facts, record)
+    waits += _retry_windows(facts, record) + _backoffs(facts)
+    struck = sorted(_strikes(record))
     longest, out = 0.0, []
     for a, b in stretches(times):
         longest = max(longest, b - a)
+        a = max([a, *(t for t in struck if a < t < b)])  # counted from the last fault that struck in it
         allowed = STALL_LEASES * facts.lease + _overlap(a, b, waits)
         if b - a > allowed:
             out.append(f"no result for {b - a:.1f} s (allowed {allowed:.1f} s: 2 leases and by-design waits)")
@@ -455,17 +492,28 @@ def _sigterm(f: dict, facts: Facts) -> tuple[str, str]:
     bad = [p for p in signalled if not facts.event("released", m, k, "SIGTERM", worker=f"{host}:{p}")]
     if bad:
         return UNREPORTED, f"no released event for the SIGTERMed worker(s) {bad}"
-    charged = [e["kind"] for e in facts.events if (e["member"], e["interval"]) == (m, k) and e["kind"] in ("failure",)]
-    expired = [e for e in facts.events if (e["member"], e["interval"]) == (m, k) and e["kind"] == "lease_expired"]
-    if charged or facts.event("replaced", m, k) or facts.event("gave_up", m, k):
-        return UNREPORTED, f"member {m} was charged for its preemptions: {charged}"
+    here = [e for e in facts.events if (e["member"], e["interval"]) == (m, k)]
+    preempted = {f"{host}:{p}" for p in signalled}
+    charged = [e["message"] for e in here if e["kind"] == "failure" and e.get("worker") in preempted and _interrupt(e)]
+    others = [e for e in here if e["kind"] == "lease_expired" or e["kind"] == "failure" and e not in charged]
+    corrupt = any("CorruptCheckpoint" in e["message"] for e in here if e["kind"] == "failure")
+    if charged:
+        return UNREPORTED, f"member {m} was charged for its preemptions: {charged[:2]}"
+    replaced = facts.event("replaced", m, k) or facts.event("gave_up", m, k)
+    if replaced and len(others) < MAX_ATTEMPTS and not corrupt:
+        return UNREPORTED, f"member {m} was replaced at interval {k} with {len(others)} other failures"
     row = facts.done_row(m, k)
-    if row is None or row["attempts"] > len(expired):
+    if row is None or row["attempts"] > len(others):
         return UNREPORTED, f"attempts {row and row['attempts']} after {len(signalled)} preemptions"
     rcs = [w["rc"] for w in facts.record.get("workers", []) if w["pid"] in signalled and w["rc"] is not None]
     if any(rc != 143 for rc in rcs):
         return UNREPORTED, f"a preempted worker exited {rcs}, not 143"
     return REPORTED, f"{len(signalled)} preemptions, each handed back; attempts {row['attempts']}"
+
+
+def _interrupt(e: dict) -> bool:
+    """A failure that is the signal itself (not user code failing before it came)."""
+    return any(word in e["message"] for word in ("SIGTERM", "Interrupted", "KeyboardInterrupt"))
 
 
 def _ckpt(f: dict, facts: Facts) -> tuple[str, str]:
@@ -479,6 +527,8 @@ def _ckpt(f: dict, facts: Facts) -> tuple[str, str]:
 def _lock_long(f: dict, facts: Facts) -> tuple[str, str]:
     if UNREACHABLE in facts.logs:
         return REPORTED, "the workers said the database was unreachable"
+    if re.search(r"^popbt: error: storage .*: database is locked$", facts.logs, re.M):
+        return REPORTED, "the workers starting meanwhile said the database was locked"
     return UNREPORTED, "no worker said the database was unreachable"
 
 
@@ -535,20 +585,27 @@ def _bad_device(f: dict, facts: Facts) -> tuple[str, str]:
     return REPORTED, errors[0][len("popbt: error: ") :]
 
 
+SICK = "(chaos: a sick worker)"  # chaos/spec.py's CUDA error on the sick worker
+
+
 def _sick(f: dict, facts: Facts) -> tuple[str, str]:
-    """It blames itself (exit 3, worker_fault) and no member pays for it."""
+    """It blames itself (exit 3, worker_fault) and no member pays for it: a member replaced or
+    given up where it failed had enough other failures (or a corrupt checkpoint) to be."""
     w = facts.worker(f["id"]) or {}
     name = w.get("name")
-    mine = [e for e in facts.events if e["kind"] == "failure" and e.get("worker") == name]
+    mine = [e for e in facts.events if e["kind"] == "failure" and e.get("worker") == name and SICK in e["message"]]
     for e in mine:
         m, k = e["member"], e["interval"]
+        here = [x for x in facts.events if (x["member"], x["interval"]) == (m, k)]
         others = [
-            x
-            for x in facts.events
-            if (x["member"], x["interval"]) == (m, k)
-            and (x["kind"] == "lease_expired" or x["kind"] == "failure" and x.get("worker") != name)
+            x for x in here if x["kind"] == "lease_expired" or x["kind"] == "failure" and SICK not in x["message"]
         ]
-        if (facts.event("replaced", m, k) or facts.event("gave_up", m, k)) and len(others) < MAX_ATTEMPTS:
+        corrupt = any("CorruptCheckpoint" in x["message"] for x in here if x["kind"] == "failure")
+        charged = facts.event("replaced", m, k) or facts.event("gave_up", m, k)
+        # its first charge stands where a retry was claimed before it could know it was sick
+        # (absolve takes back only what still stands): a replacement, never a give-up
+        given_up = facts.event("gave_up", m, k) and len(others) < MAX_ATTEMPTS * (MAX_ATTEMPTS + 1)
+        if (charged and len(others) < MAX_ATTEMPTS - 1 or given_up) and not corrupt:
             return UNREPORTED, f"member {m} paid for the sick worker at interval {k}"
     if w.get("rc") == 3 and "in a row while other workers succeeded" in w.get("out", ""):
         if facts.event("worker_fault", worker=name):

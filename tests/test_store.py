@@ -513,3 +513,15 @@ def test_the_checkpoints_kept_are_the_starts_the_heads_and_the_interval_a_copy_m
     # someone has reported nothing yet: nothing can be dropped but starts of nothing
     heads = [*heads[:2], H(2, 2, 22, None), H(3, -1, None, None)]
     assert dead_checkpoints(kept, starts=set(), heads=heads) == []
+
+
+def test_a_non_finite_score_is_recorded_as_the_worst_and_the_run_goes_on(store):
+    """NaN and infinities are stored as NULL: on PostgreSQL a NULL parameter whose type the
+    server cannot infer (``$n IS NULL``) used to fail the report and kill the worker."""
+    exp = store.create_experiment(config(), "/tmp")
+    scores = {(0, 0): float("nan"), (1, 1): float("-inf"), (2, 2): float("inf")}
+    drain(store, exp, score=lambda t: scores.get((t.member, t.interval), t.member))
+    rows = {(r.member, r.interval): r for r in store.history(exp.id)}
+    assert all(r.state == DONE for r in rows.values()) and len(rows) == 12
+    assert [rows[key].score for key in scores] == [None, None, None]
+    assert store.experiment(exp.name).status == "finished"

@@ -21,6 +21,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     func,
     insert,
     or_,
@@ -179,7 +180,9 @@ def _better(mode: str):
     """``best_seen`` kept as the better of itself and the new score (NULL scores never win)."""
     new = bindparam("result", type_=Float)
     wins = new > m.c.best_seen if mode == "max" else new < m.c.best_seen
-    return case((new.is_(None), m.c.best_seen), (m.c.best_seen.is_(None), new), (wins, new), else_=m.c.best_seen)
+    # cast: alone in ``$n IS NULL``, PostgreSQL cannot tell a NULL parameter's type
+    unknown = cast(new, Float).is_(None)
+    return case((unknown, m.c.best_seen), (m.c.best_seen.is_(None), new), (wins, new), else_=m.c.best_seen)
 
 
 def _advance(mode: str):
