@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUAD, popbt_cmd, require, run_popbt, unavailable
+from conftest import QUAD, SPECS, popbt_cmd, require, run_popbt, unavailable
+from popbt.spec import load_spec
+from popbt.store import open_store
+from popbt.worker import Worker, worker_to_blame
 from test_run import assert_complete, results, wait_for
 
 
@@ -139,3 +142,39 @@ def test_a_worker_that_fails_every_member_while_others_succeed_stops_and_takes_i
     # the charges still standing when it stopped were taken back (a retry another worker had
     # already claimed keeps its count: that attempt's seed depends on it)
     assert sum(r.attempts for r in rows) < len(failures)
+
+
+def test_the_rule_counts_only_failures_no_other_worker_shares():
+    """Pure: failures of three intervals of two or more members are the worker's, unless other
+    workers failed those intervals too (then the members fail everywhere: theirs to pay)."""
+    streak = [(0, 1), (1, 1), (2, 1)]
+    assert worker_to_blame(streak, set())
+    assert not worker_to_blame(streak, {(0, 1)})  # member 0 fails on every worker
+    assert not worker_to_blame([(0, 1), (1, 1), (0, 1)], set())  # an interval failing every attempt
+    assert not worker_to_blame([(0, 1), (0, 2), (0, 3)], set())  # one member: its own fault
+    assert worker_to_blame([(0, 2), (1, 2), (2, 2), (3, 2)], {(3, 2)})
+
+
+def test_a_healthy_worker_meeting_a_member_that_fails_everywhere_keeps_working(tmp_path, monkeypatch):
+    """Member 0 fails interval 1 on every worker, member 1 fails it once: a healthy worker
+    meets them in a row (3 failures, 2 members) while another has results. Member 0 is
+    replaced and given up as any failing member; the worker is not to blame and finishes."""
+    monkeypatch.setenv("FAULTY_DIR", str(tmp_path))
+    monkeypatch.setenv("FAULTY_RAISE", "train:0:1,train:1:1:1")
+    spec = load_spec(str(SPECS / "faulty.py"))
+    store = open_store(f"sqlite:///{tmp_path / 'popbt.db'}")
+    try:
+        exp = store.create_experiment(spec.config("blame", population=2, intervals=3, seed=0), str(tmp_path))
+        other = Worker(store, exp, spec, name="other")
+        for _ in range(3):  # interval 0 of both members, then member 0's interval 1, which fails
+            other.train_one(store.claim(exp.id, other.name, "cpu"))
+        assert [(e.member, e.interval, e.worker) for e in store.events(exp.id, kinds=("failure",))] == [(0, 1, "other")]
+        healthy = Worker(store, exp, spec, name="healthy")
+        healthy.run(poll=0.05)  # before: WorkerFault after member 0, member 1, member 0 again
+        events = store.events(exp.id, limit=1000)
+        assert store.experiment("blame").status == "finished"
+        assert not [e for e in events if e.kind == "worker_fault"]
+        assert [(e.member, e.kind) for e in events if e.kind == "gave_up"] == [(0, "gave_up")]
+        assert healthy.stats.done == 2  # member 1's intervals 1 (after its one failure) and 2
+    finally:
+        store.close()

@@ -42,7 +42,9 @@ log = logging.getLogger("popbt.worker")
 SETTLE_AFTER = 2.0  # seconds idle before a worker takes decisions a dead worker left behind
 # Failures in a row, of at least two different members, while other workers have results: then
 # the worker, not its members, is to blame. (Its retries wait out a backoff, and others may hold
-# the rest of the population, so it can meet the same member twice in such a streak.)
+# the rest of the population, so it can meet the same member twice in such a streak.) An
+# interval another worker failed too is the member's fault and does not count; nor does a
+# corrupt checkpoint or an interval whose earlier workers all died (see ``worker_to_blame``).
 STREAK = 3
 
 
@@ -271,11 +273,19 @@ class Kept:
 @dataclass
 class Streak:
     """Failures in a row on this worker: per task, (its attempts after the last failure, how
-    many failures); and the members they hit."""
+    many failures); and the (member, interval) of each failure that may be the worker's."""
 
     charged: dict[int, tuple[int, int]] = field(default_factory=dict)
-    members: set[int] = field(default_factory=set)
-    failures: int = 0
+    failed: list[tuple[int, int]] = field(default_factory=list)
+
+
+def worker_to_blame(failed: list[tuple[int, int]], failed_elsewhere: set[tuple[int, int]]) -> bool:
+    """Whether a streak of failures (member, interval) is the worker's fault rather than its
+    members': STREAK different intervals, of two or more members, not counting intervals that
+    another worker failed as well (a member that fails everywhere is the member's problem) nor
+    the same interval twice (an interval that fails on every attempt is the member's too)."""
+    own = set(failed) - failed_elsewhere
+    return len(own) >= STREAK and len({member for member, _ in own}) >= 2
 
 
 class Worker:
@@ -371,7 +381,8 @@ class Worker:
         """One interval of one member, from claim to report; failures go to the store."""
         cfg = self.config
         if task.attempts >= cfg.max_attempts:  # workers kept dying on it (leases expired)
-            self._fail(task, f"no worker finished it in {task.attempts} attempts (each one's lease expired)", None)
+            message = f"no worker finished it in {task.attempts} attempts (each one's lease expired)"
+            self._fail(task, message, None, mine=False)
             return
         with self.heartbeat.keep(task) as lost:
             try:
@@ -384,7 +395,8 @@ class Worker:
                 cause = e.__cause__ if isinstance(e, _SaveFailed) and e.__cause__ is not None else e
                 if isinstance(e, _SaveFailed) or checkpoints.is_disk_fault(e):
                     self._disk_fault(task, cause)  # raises WorkerFault if the disk is to blame
-                self._fail(task, f"{type(cause).__name__}: {_one_line(cause)}", _traceback(cause))
+                corrupt = isinstance(cause, checkpoints.CorruptCheckpoint)  # the file's fault, not ours
+                self._fail(task, f"{type(cause).__name__}: {_one_line(cause)}", _traceback(cause), mine=not corrupt)
                 return
             if lost():
                 self._lost(task, written.path)
@@ -472,10 +484,10 @@ class Worker:
         name = f"{IN_DATABASE}:{self.experiment.name}/{Path(written.path).name}"
         return Result(score, metrics, name, written.sha256, written.size, Path(written.path).read_bytes())
 
-    def _fail(self, task: Task, message: str, detail: str | None) -> None:
+    def _fail(self, task: Task, message: str, detail: str | None, mine: bool = True) -> None:
         """Charge the member an attempt; when this worker failed several different members in
         a row while others succeed with them, the fault is this worker's: take the charges
-        back and stop (WorkerFault)."""
+        back and stop (WorkerFault). ``mine``: whether the failure may be this worker's at all."""
         self.stats.failed += 1
         log.warning(
             "member %d interval %d failed: %s%s", task.member, task.interval, message, f"\n{detail}" if detail else ""
@@ -486,14 +498,23 @@ class Worker:
             return
         checkpoints.delete(outcome.garbage)
         self.streak.charged[task.id] = (task.attempts + 1, self.streak.charged.get(task.id, (0, 0))[1] + 1)
-        self.streak.members.add(task.member)
-        self.streak.failures += 1
-        if self.streak.failures < STREAK or len(self.streak.members) < 2:
+        if mine:
+            self.streak.failed.append((task.member, task.interval))
+        if not worker_to_blame(self.streak.failed, set()):
             return
+        elsewhere = {
+            (e.member, e.interval)
+            for e in self.store.events(self.experiment.id, limit=1000, kinds=("failure",))
+            if e.worker != self.name
+        }
         # the code works elsewhere: other workers have results (this one, none in its streak)
-        if self.store.progress(self.experiment.id).done > self.stats.done:
+        if (
+            worker_to_blame(self.streak.failed, elsewhere)
+            and self.store.progress(self.experiment.id).done > self.stats.done
+        ):
+            own = set(self.streak.failed) - elsewhere
             self._blame_self(
-                f"it failed {self.streak.failures} intervals of {len(self.streak.members)} different members "
+                f"it failed {len(own)} intervals of {len({m for m, _ in own})} different members "
                 f"in a row while other workers succeeded; last error: {message}"
             )
 
