@@ -208,3 +208,21 @@ def test_a_deleted_database_must_be_said_salvaged_and_hold_every_committed_resul
         "result lost (committed, not in the salvaged history): member 1 interval 3"
     ]
     assert "something recreated the deleted database file" in broken(lambda r: deleted(r, db_exists_after=True))
+
+
+def test_a_damaged_checkpoint_nobody_loaded_before_the_database_went_is_not_popbt_s_miss():
+    """The run stopped when its sqlite file was deleted: a checkpoint the campaign had damaged
+    for a task that never ran again was never loaded, so popbt could not have found it. Any
+    other bad checkpoint still fails the verdict."""
+
+    def stopped(r, bad: str):
+        r.update(deleted=True, status="running")
+        r["faults"] += [
+            fault("f5", "sqlite_deleted", window=[T0 + 3.5]),
+            fault("f6", "ckpt_truncate", detail="m1-i2.ckpt"),
+        ]
+        r["deletion"] = dict(db_exists_after=False, salvaged=True, committed=[[0, 0], [1, 0]], said=["was deleted"])
+        r["live"][bad] = False
+
+    assert broken(lambda r: stopped(r, "/c/m1-i2.ckpt")) == []
+    assert broken(lambda r: stopped(r, "/c/m0-i2.ckpt")) == ["corrupt or missing checkpoint referenced: /c/m0-i2.ckpt"]
