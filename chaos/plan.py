@@ -226,7 +226,9 @@ def applicable(kind: str, backend: str, ckpt_db: bool, kinds: list[str] = ()) ->
     """Can ``kind`` be injected into a run of this backend, beside ``kinds``?"""
     if kind.startswith("sqlite_"):
         return backend == "sqlite"
-    if kind == "pg_restart" or kind in NETNS:
+    if kind in NETNS:  # one netns worker per run: the driver watches a single link
+        return backend == "postgresql" and not any(k in NETNS for k in kinds)
+    if kind == "pg_restart":
         return backend == "postgresql"
     if kind.startswith("ckpt_") or kind in ("foreign_file", "shared_dir") or kind in DISK:
         if ckpt_db:

@@ -281,10 +281,9 @@ class Streak:
 
 def worker_to_blame(failed: list[tuple[int, int]], failed_elsewhere: set[tuple[int, int]]) -> bool:
     """Whether a streak of failures (member, interval) is the worker's fault rather than its
-    members': STREAK different intervals, of two or more members, not counting intervals that
-    another worker failed as well (a member that fails everywhere is the member's problem) nor
-    the same interval twice (an interval that fails on every attempt is the member's too)."""
-    own = set(failed) - failed_elsewhere
+    members': STREAK of them, of two or more members, not counting intervals that another
+    worker failed as well (a member that fails everywhere is the member's problem)."""
+    own = [f for f in failed if f not in failed_elsewhere]
     return len(own) >= STREAK and len({member for member, _ in own}) >= 2
 
 
@@ -512,7 +511,7 @@ class Worker:
             worker_to_blame(self.streak.failed, elsewhere)
             and self.store.progress(self.experiment.id).done > self.stats.done
         ):
-            own = set(self.streak.failed) - elsewhere
+            own = [f for f in self.streak.failed if f not in elsewhere]
             self._blame_self(
                 f"it failed {len(own)} intervals of {len({m for m, _ in own})} different members "
                 f"in a row while other workers succeeded; last error: {message}"
