@@ -146,12 +146,14 @@ def test_a_worker_that_fails_every_member_while_others_succeed_stops_and_takes_i
 
 def test_the_rule_counts_only_failures_no_other_worker_shares():
     """Pure: three failures of two or more members are the worker's, unless other workers failed
-    those intervals too (then the members fail everywhere: theirs to pay)."""
-    streak = [(0, 1), (1, 1), (0, 1)]
+    those intervals the same way (then the members fail everywhere: theirs to pay)."""
+    cuda, boom = "RuntimeError: CUDA error", "ValueError: boom"
+    streak = [(0, 1, boom), (1, 1, cuda), (0, 1, boom)]
     assert worker_to_blame(streak, set())
-    assert not worker_to_blame(streak, {(0, 1)})  # member 0 fails on every worker
-    assert not worker_to_blame([(0, 1), (0, 2), (0, 3)], set())  # one member: its own fault
-    assert worker_to_blame([(0, 2), (1, 2), (2, 2), (3, 2)], {(3, 2)})
+    assert not worker_to_blame(streak, {(0, 1, boom)})  # member 0 fails the same way on every worker
+    assert worker_to_blame(streak, {(0, 1, cuda)})  # another error there says nothing about this one
+    assert not worker_to_blame([(0, 1, cuda), (0, 2, cuda), (0, 3, cuda)], set())  # one member: its own fault
+    assert worker_to_blame([(0, 2, cuda), (1, 2, cuda), (2, 2, cuda), (3, 2, cuda)], {(3, 2, cuda)})
 
 
 def test_a_healthy_worker_meeting_a_member_that_fails_everywhere_keeps_working(tmp_path, monkeypatch):

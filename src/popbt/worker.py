@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -43,7 +44,7 @@ SETTLE_AFTER = 2.0  # seconds idle before a worker takes decisions a dead worker
 # Failures in a row, of at least two different members, while other workers have results: then
 # the worker, not its members, is to blame. (Its retries wait out a backoff, and others may hold
 # the rest of the population, so it can meet the same member twice in such a streak.) An
-# interval another worker failed too is the member's fault and does not count; nor does a
+# interval another worker failed the same way is the member's fault and does not count; nor does a
 # corrupt checkpoint or an interval whose earlier workers all died (see ``worker_to_blame``).
 STREAK = 3
 
@@ -276,15 +277,24 @@ class Streak:
     many failures); and the (member, interval) of each failure that may be the worker's."""
 
     charged: dict[int, tuple[int, int]] = field(default_factory=dict)
-    failed: list[tuple[int, int]] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
 
 
-def worker_to_blame(failed: list[tuple[int, int]], failed_elsewhere: set[tuple[int, int]]) -> bool:
-    """Whether a streak of failures (member, interval) is the worker's fault rather than its
-    members': STREAK of them, of two or more members, not counting intervals that another
-    worker failed as well (a member that fails everywhere is the member's problem)."""
+Failure = tuple[int, int, str]  # member, interval, the error's message
+
+
+def worker_to_blame(failed: list[Failure], failed_elsewhere: set[Failure]) -> bool:
+    """Whether a streak of failures is the worker's fault rather than its members': STREAK of
+    them, of two or more members, not counting those another worker met too, the same error at
+    the same interval (a member that fails everywhere is the member's problem; another
+    worker's different error there, e.g. a one-off, says nothing about this one)."""
     own = [f for f in failed if f not in failed_elsewhere]
-    return len(own) >= STREAK and len({member for member, _ in own}) >= 2
+    return len(own) >= STREAK and len({member for member, _, _ in own}) >= 2
+
+
+def _cause(event_message: str) -> str:
+    """A failure event's message without its ``attempt a/b:`` prefix."""
+    return re.sub(r"^attempt \d+/\d+: ", "", event_message)
 
 
 class Worker:
@@ -498,11 +508,11 @@ class Worker:
         checkpoints.delete(outcome.garbage)
         self.streak.charged[task.id] = (task.attempts + 1, self.streak.charged.get(task.id, (0, 0))[1] + 1)
         if mine:
-            self.streak.failed.append((task.member, task.interval))
+            self.streak.failed.append((task.member, task.interval, message))
         if not worker_to_blame(self.streak.failed, set()):
             return
         elsewhere = {
-            (e.member, e.interval)
+            (e.member, e.interval, _cause(e.message))
             for e in self.store.events(self.experiment.id, limit=1000, kinds=("failure",))
             if e.worker != self.name
         }
@@ -513,7 +523,7 @@ class Worker:
         ):
             own = [f for f in self.streak.failed if f not in elsewhere]
             self._blame_self(
-                f"it failed {len(own)} intervals of {len({m for m, _ in own})} different members "
+                f"it failed {len(own)} intervals of {len({m for m, _, _ in own})} different members "
                 f"in a row while other workers succeeded; last error: {message}"
             )
 
