@@ -477,6 +477,10 @@ def _stop_past_lease(f: dict, facts: Facts) -> tuple[str, str]:
     refused = f"member {m} interval {k}: lease was taken over by another worker; result discarded" in facts.logs
     if refused or pid in facts.killed:
         return REPORTED, "taken over; the late result refused" if refused else "taken over; killed by a later fault"
+    # thawed into another fault (a full disk, its launcher's SIGTERM): it handed the interval
+    # back instead of reporting, so no late result could land
+    if f"member {m} interval {k} handed back: worker {name} " in facts.logs:
+        return REPORTED, "taken over; the thawed worker handed it back (another fault stopped it)"
     return UNREPORTED, "taken over, but its late result was not refused"
 
 

@@ -226,3 +226,23 @@ def test_a_damaged_checkpoint_nobody_loaded_before_the_database_went_is_not_popb
 
     assert broken(lambda r: stopped(r, "/c/m1-i2.ckpt")) == []
     assert broken(lambda r: stopped(r, "/c/m0-i2.ckpt")) == ["corrupt or missing checkpoint referenced: /c/m0-i2.ckpt"]
+
+
+def test_a_worker_thawed_past_its_lease_must_not_land_its_late_result():
+    """Frozen past its lease and taken over: when it thaws, its late result is refused, or
+    another fault stops it first and it hands the interval back; anything else is unreported."""
+
+    def frozen(r, logs: str):
+        r["faults"][0] = fault("f0", "stop_past_lease", member=1, interval=1, firings=[[10, 1, 1]])
+        r["logs"] = logs
+
+    record = copy.deepcopy(clean())
+    frozen(record, f"member 1 interval 1 handed back: worker {HOST}:10 stopped by SIGTERM; not an attempt")
+    assert verdict.judge(record).outcomes["f0"][0] == verdict.REPORTED
+    refused = "member 1 interval 1: lease was taken over by another worker; result discarded"
+    record = copy.deepcopy(clean())
+    frozen(record, refused)
+    assert verdict.judge(record).outcomes["f0"][0] == verdict.REPORTED
+    assert broken(lambda r: frozen(r, "")) == [
+        "f0 stop_past_lease () unreported: taken over, but its late result was not refused"
+    ]
