@@ -525,3 +525,33 @@ def test_a_non_finite_score_is_recorded_as_the_worst_and_the_run_goes_on(store):
     assert all(r.state == DONE for r in rows.values()) and len(rows) == 12
     assert [rows[key].score for key in scores] == [None, None, None]
     assert store.experiment(exp.name).status == "finished"
+
+
+def test_a_store_frozen_past_its_patience_still_retries_before_giving_up(tmp_path):
+    """A worker frozen (SIGSTOP, a stalled VM) wakes with its patience spent and its connection
+    dead from a server restart meanwhile: it tries again before it gives up."""
+    from sqlalchemy.exc import OperationalError
+
+    store = open_store(f"sqlite:///{tmp_path / 'popbt.db'}")
+    store.patience = 0.0  # the deadline has passed already, as after a long freeze
+    calls = []
+
+    def flaky(conn):
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        return "done"
+
+    try:
+        assert store._run(flaky) == "done"  # before: StoreError at the first failure
+        calls.clear()
+
+        def down(conn):
+            calls.append(1)
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+        with pytest.raises(StoreError, match="server closed the connection"):
+            store._run(down)
+        assert len(calls) == 3  # a few tries, then one clear error
+    finally:
+        store.close()

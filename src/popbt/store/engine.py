@@ -37,6 +37,7 @@ from .base import Rejected
 T = TypeVar("T")
 
 SECRET_KEYS = ("password", "passwd", "pwd", "sslpassword")
+MIN_TRIES = 3  # tries of a transaction before giving up, however long its patience has run
 
 # A dropped network must surface as an error within seconds, not hang on TCP retransmits:
 # the worker then retries, and gives up (stops taking work) once its lease has run out.
@@ -215,8 +216,9 @@ class Database:
         before its connection dropped is refused (LeaseLost) rather than applied twice.
         """
         deadline = time.monotonic() + self.patience
-        delay = 0.1
+        delay, tries = 0.1, 0
         while True:
+            tries += 1
             try:
                 with self.engine.connect() as conn:
                     if read:
@@ -232,7 +234,9 @@ class Database:
                     self.session_timeouts = False  # a pooler that refuses them: set per transaction
                     self.engine.dispose()
                     continue
-                if time.monotonic() + delay > deadline:
+                # a few tries at least: a process frozen (SIGSTOP, a stalled VM) past its
+                # patience wakes with the deadline gone and the server long back up
+                if time.monotonic() + delay > deadline and tries >= MIN_TRIES:
                     raise StoreError(f"storage {mask_url(self.url)}: {first_line(e)}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
