@@ -500,7 +500,13 @@ def _sigterm(f: dict, facts: Facts) -> tuple[str, str]:
     signalled = f["facts"].get("sigterm", [])
     if not signalled:
         return UNREPORTED, "no worker was SIGTERMed"
-    bad = [p for p in signalled if not facts.event("released", m, k, "SIGTERM", worker=f"{host}:{p}")]
+    # a worker another fault SIGKILLed before it could hand back is that fault's (its lease
+    # expires, an attempt counted as for any crash)
+    bad = [
+        p
+        for p in signalled
+        if not facts.event("released", m, k, "SIGTERM", worker=f"{host}:{p}") and p not in facts.killed
+    ]
     if bad:
         return UNREPORTED, f"no released event for the SIGTERMed worker(s) {bad}"
     here = [e for e in facts.events if (e["member"], e["interval"]) == (m, k)]

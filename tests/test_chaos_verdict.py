@@ -246,3 +246,20 @@ def test_a_worker_thawed_past_its_lease_must_not_land_its_late_result():
     assert broken(lambda r: frozen(r, "")) == [
         "f0 stop_past_lease () unreported: taken over, but its late result was not refused"
     ]
+
+
+def test_a_sigtermed_worker_must_hand_back_unless_another_fault_killed_it_first():
+    def preempted(r, killed: bool):
+        r["faults"].append(fault("f7", "sigterm_preempt", member=1, interval=1, facts={"sigterm": [10]}))
+        if killed:
+            r["faults"].append(fault("f8", "kill_run_and_workers", pids=[10]))
+
+    record = copy.deepcopy(clean())
+    preempted(record, killed=False)
+    assert verdict.judge(record).outcomes["f7"] == (
+        verdict.UNREPORTED,
+        "no released event for the SIGTERMed worker(s) [10]",
+    )
+    record = copy.deepcopy(clean())
+    preempted(record, killed=True)
+    assert not verdict.judge(record).outcomes["f7"][1].startswith("no released event")
