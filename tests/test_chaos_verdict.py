@@ -250,15 +250,15 @@ def test_a_worker_thawed_past_its_lease_must_not_land_its_late_result():
 
 def test_a_sigtermed_worker_must_hand_back_unless_another_fault_killed_it_first():
     def preempted(r, killed: bool):
-        r["faults"].append(fault("f7", "sigterm_preempt", member=1, interval=1, facts={"sigterm": [10]}))
+        r["faults"].append(fault("f7", "sigterm_preempt", member=1, interval=1, facts={"sigterm": [99]}))
         if killed:
-            r["faults"].append(fault("f8", "kill_run_and_workers", pids=[10]))
+            r["faults"].append(fault("f8", "kill_run_and_workers", pids=[99]))
 
     record = copy.deepcopy(clean())
     preempted(record, killed=False)
     assert verdict.judge(record).outcomes["f7"] == (
         verdict.UNREPORTED,
-        "no released event for the SIGTERMed worker(s) [10]",
+        "no released event for the SIGTERMed worker(s) [99]",
     )
     record = copy.deepcopy(clean())
     preempted(record, killed=True)
