@@ -546,6 +546,10 @@ def _lock_long(f: dict, facts: Facts) -> tuple[str, str]:
         return REPORTED, "the workers said the database was unreachable"
     if re.search(r"^popbt: error: storage .*: database is locked$", facts.logs, re.M):
         return REPORTED, "the workers starting meanwhile said the database was locked"
+    # a worker past its patience still tries a few times: the try after the 30 s busy timeout
+    # can find the lock gone, and the run goes on with nobody stopped
+    if facts.record.get("status") == "finished" and "stops taking work" not in facts.logs:
+        return NO_HARM, "the workers waited the lock out and went on"
     return UNREPORTED, "no worker said the database was unreachable"
 
 

@@ -263,3 +263,19 @@ def test_a_sigtermed_worker_must_hand_back_unless_another_fault_killed_it_first(
     record = copy.deepcopy(clean())
     preempted(record, killed=True)
     assert not verdict.judge(record).outcomes["f7"][1].startswith("no released event")
+
+
+def test_a_lock_past_the_busy_timeout_is_said_or_waited_out():
+    def locked(r, logs: str, status: str = "finished"):
+        r["faults"].append(fault("f9", "sqlite_lock_long", window=[T0, T0 + 0.4]))
+        r.update(logs=logs, status=status)
+
+    record = copy.deepcopy(clean())
+    locked(record, "")
+    assert verdict.judge(record).outcomes["f9"][0] == verdict.NO_HARM  # waited out, nobody stopped
+    record = copy.deepcopy(clean())
+    locked(record, "popbt: error: worker w stops taking work: the database was unreachable for longer than ...")
+    assert verdict.judge(record).outcomes["f9"][0] == verdict.REPORTED
+    record = copy.deepcopy(clean())
+    locked(record, "worker w stops taking work: something else", status="running")
+    assert verdict.judge(record).outcomes["f9"][0] == verdict.UNREPORTED
