@@ -340,9 +340,17 @@ def utilisation_verdict(mode: str, steady_pct: float, idle_ms: float, seconds: f
     target = TARGETS[mode]
     allowed = seconds * 1000 * (100 / target - 1)
     met = "met" if steady_pct >= target else "missed"
+    why = {
+        "async": " A worker alone costs about 4.5 ms per interval ((d)); the rest is what two workers and the "
+        "launcher pay together on two cores: both sleep exactly as long, so they report at the same instant and "
+        "one waits for sqlite's single writer each interval (not broken down further here).",
+        "sync": " Beside what async pays, each generation waits for its slowest member before the next is "
+        "decided, and a worker that finished its share idles meanwhile.",
+    }
     return (
         f"\n- {mode}: target ≥ {target:g}%: **{met}** ({steady_pct:.2f}% steady). At {seconds:g} s per interval "
         f"the target allows {allowed:.1f} ms outside train() per interval; here it is {idle_ms:.1f} ms."
+        + (why[mode] if met == "missed" else "")
     )
 
 
