@@ -5,7 +5,7 @@
 
 A seeded plan (chaos/plan.py) of small runs of chaos/spec.py, each with many faults, carried
 out by chaos/run.py, which records what happened; chaos/verdict.py judges each record. There
-are no known failures: a fault popbt does not handle fails the campaign. Exit status 1 when
+is no excuse list: a fault popbt does not handle fails the campaign. Exit status 1 when
 any run has a problem (a result missing or duplicated, a corrupt checkpoint referenced, a
 foreign file deleted or loaded, a stall past 2 leases beyond by-design waits, an unreported
 fault, anything else unexpected), or when this machine cannot inject a kind of fault under

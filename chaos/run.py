@@ -790,8 +790,9 @@ class Run:
                 timeout=120,
             )
             record["status_out"], record["status_rc"] = status.stdout + status.stderr, status.returncode
-        known = set(record["live"]) | {f.facts.get("path") for f in self.plan.faults} | {str(self.ckdir / FILLER)}
-        record["orphans"] = len([x for x in self.ckdir.iterdir() if str(x) not in known]) if self.ckdir.is_dir() else 0
+        accounted = set(record["live"]) | {f.facts.get("path") for f in self.plan.faults} | {str(self.ckdir / FILLER)}
+        listed = self.ckdir.iterdir() if self.ckdir.is_dir() else ()
+        record["orphans"] = len([x for x in listed if str(x) not in accounted])
         record["faults"] = [asdict(f) for f in self.plan.faults]
         (self.dir / "record.json").write_text(json.dumps(record, indent=1, default=str))
         return record

@@ -2,7 +2,7 @@
 
 ``judge(record)`` takes the plain record chaos/run.py collects (rows, events, logs, checkpoint
 hashes, file listings, exit statuses, the faults and what the driver saw of them) and returns
-each fault's outcome and the list of problems. There are no known failures: any problem fails
+each fault's outcome and the list of problems. Nothing is excused: any problem fails
 the campaign. tests/test_chaos_verdict.py judges hand-built records.
 """
 

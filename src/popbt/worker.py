@@ -274,7 +274,7 @@ class Kept:
 @dataclass
 class Streak:
     """Failures in a row on this worker: per task, (its attempts after the last failure, how
-    many failures); and the (member, interval) of each failure that may be the worker's."""
+    many failures); and each failure that may be the worker's (member, interval, message)."""
 
     charged: dict[int, tuple[int, int]] = field(default_factory=dict)
     failed: list[Failure] = field(default_factory=list)
@@ -288,8 +288,12 @@ def worker_to_blame(failed: list[Failure], failed_elsewhere: set[Failure]) -> bo
     them, of two or more members, not counting those another worker met too, the same error at
     the same interval (a member that fails everywhere is the member's problem; another
     worker's different error there, e.g. a one-off, says nothing about this one)."""
-    own = [f for f in failed if f not in failed_elsewhere]
+    own = _own(failed, failed_elsewhere)
     return len(own) >= STREAK and len({member for member, _, _ in own}) >= 2
+
+
+def _own(failed: list[Failure], failed_elsewhere: set[Failure]) -> list[Failure]:
+    return [f for f in failed if f not in failed_elsewhere]
 
 
 def _cause(event_message: str) -> str:
@@ -521,7 +525,7 @@ class Worker:
             worker_to_blame(self.streak.failed, elsewhere)
             and self.store.progress(self.experiment.id).done > self.stats.done
         ):
-            own = [f for f in self.streak.failed if f not in elsewhere]
+            own = _own(self.streak.failed, elsewhere)
             self._blame_self(
                 f"it failed {len(own)} intervals of {len({m for m, _, _ in own})} different members "
                 f"in a row while other workers succeeded; last error: {message}"
