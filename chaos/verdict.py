@@ -63,6 +63,7 @@ class Facts:
     live: dict  # path -> sha256 matches
     logs: str
     killed: set  # pids the campaign SIGKILLed
+    cut_off: set  # pids of workers whose link the campaign cut and left cut
     injected: set  # kinds injected in this run
 
     def event(self, kind: str, m=None, k=None, text=None, worker=None) -> bool:
@@ -142,6 +143,7 @@ def _facts(record: dict) -> Facts:
     for r in record.get("rows", []):
         rows[(r["member"], r["interval"])].append(r)
     killed = set()
+    cut = {f["id"] for f in record["faults"] if f["kind"] in ("netns_cut", "netns_cut_kill") and f["facts"].get("cut")}
     for f in record["faults"]:
         if f["kind"] in KILLS and f["injected"]:
             killed |= set(f["pids"]) | {p for p, _, _ in f.get("firings", [])}
@@ -154,8 +156,15 @@ def _facts(record: dict) -> Facts:
         live=record.get("live", {}),
         logs=record.get("logs", ""),
         killed=killed,
+        cut_off={_pid(w["name"]) for w in record.get("workers", []) if w.get("fault") in cut},
         injected={f["kind"] for f in record["faults"] if f["injected"]},
     )
+
+
+def _pid(name: str | None) -> int | None:
+    """The pid in a worker's name (host:pid)."""
+    tail = str(name).rpartition(":")[2]
+    return int(tail) if tail.isdigit() else None
 
 
 def _cut_short(f: dict, facts: Facts) -> bool:
@@ -423,8 +432,10 @@ def _in_spec(f: dict, facts: Facts) -> tuple[str, str]:
             or handed_back
             and facts.event("worker_fault", text=f"chaos {f['id']}")
         )
-    elif kind == "raise_explore":
+    elif kind == "raise_explore":  # fired while planning, outside any trial: no member of its own
         ok = facts.event("failure", text=f"raised RuntimeError: chaos {f['id']}")
+        if not ok and all(p in facts.killed or p in facts.cut_off for p, _, _ in f["firings"]):
+            return NO_HARM, "its worker was killed or cut off before anything could be written"
     elif kind in ("score_nan", "score_inf"):  # the worst score, not a failure
         ok = facts.event("nonfinite", m, k, "evaluate() returned")
     elif kind in ("score_string", "score_none", "score_nometric", "score_numeric_string"):
@@ -557,7 +568,7 @@ def _netns(f: dict, facts: Facts) -> tuple[str, str]:
     """A worker cut off inside its report: its interval is taken over (or its commit stands);
     left cut, it stops by itself in one line (exit 2)."""
     if not f["facts"].get("cut"):
-        return UNREPORTED, "the worker's first save never cut the link"
+        return _never_cut(f, facts)
     pid, m, k, name = _first(f, facts)
     row = facts.done_row(m, k)
     committed = row is not None and row["worker"] == name
@@ -571,6 +582,21 @@ def _netns(f: dict, facts: Facts) -> tuple[str, str]:
             return UNREPORTED, f"cut {where}: the worker exited {w.get('rc')}, saying {said}"
         return REPORTED, f"cut {where}: it stopped by itself (exit 2)"
     return (NO_HARM if committed else REPORTED), f"cut {where}"
+
+
+def _never_cut(f: dict, facts: Facts) -> tuple[str, str]:
+    """The link goes down just after the worker's first save; a worker whose first save was
+    the run's last may end first, its result committed: the cut never struck."""
+    w = facts.worker(f["id"]) or {}
+    if w.get("rc") != 0 or facts.record.get("status") != "finished":
+        return UNREPORTED, f"the worker's first save never cut the link, and it exited {w.get('rc')}"
+    if not f["firings"]:
+        return NO_HARM, "the run was over before the worker's first save"
+    pid, m, k, name = _first(f, facts)
+    row = facts.done_row(m, k)
+    if row is not None and row["worker"] == name:
+        return NO_HARM, f"its result for member {m} interval {k} committed and it ended before the link went down"
+    return UNREPORTED, f"the worker's first save (member {m} interval {k}) never cut the link"
 
 
 def _disk(f: dict, facts: Facts) -> tuple[str, str]:

@@ -279,3 +279,42 @@ def test_a_lock_past_the_busy_timeout_is_said_or_waited_out():
     record = copy.deepcopy(clean())
     locked(record, "worker w stops taking work: something else", status="running")
     assert verdict.judge(record).outcomes["f9"][0] == verdict.UNREPORTED
+
+
+def test_an_explore_hook_failure_must_be_recorded_unless_its_worker_was_killed_or_cut_off():
+    def explored(r, by: str | None):
+        r["faults"].append(fault("f5", "raise_explore", firings=[[77, -1, -1]]))
+        if by == "killed":
+            r["faults"].append(fault("f6", "kill_worker_random", pids=[77]))
+        if by == "cut off":
+            r["faults"].append(fault("f6", "netns_cut", firings=[[77, 1, 2]], facts={"cut": True}))
+            r["workers"].append(dict(name=f"{HOST}:77", fault="f6", rc=2, out=""))
+
+    for by, outcome in ((None, verdict.UNREPORTED), ("killed", verdict.NO_HARM), ("cut off", verdict.NO_HARM)):
+        record = copy.deepcopy(clean())
+        explored(record, by)
+        assert verdict.judge(record).outcomes["f5"][0] == outcome, by
+    record = copy.deepcopy(clean())
+    explored(record, None)
+    message = "member 0 cannot copy member 1: explore(hparams, rng) raised RuntimeError: chaos f5: injected"
+    record["events"].append(dict(kind="failure", member=0, interval=2, message=message, worker=None, at=T0 + 3))
+    assert verdict.judge(record).outcomes["f5"][0] == verdict.REPORTED
+
+
+def test_a_link_cut_that_never_struck_is_no_harm_only_if_its_worker_committed_and_ended_well():
+    def netns(r, rc: int, fired: bool, committed: bool):
+        firings = [[12, 1, 1]] if fired else []
+        r["faults"].append(fault("f5", "netns_cut_kill", firings=firings, facts={}))
+        r["workers"].append(dict(name=f"{HOST}:12", fault="f5", rc=rc, out=""))
+        if not committed:
+            r["rows"][3]["worker"] = f"{HOST}:11"
+
+    for rc, fired, committed, outcome in (
+        (0, True, True, verdict.NO_HARM),  # its result stands; the run was over before the cut
+        (0, False, False, verdict.NO_HARM),  # it never saved: the run ended first
+        (0, True, False, verdict.UNREPORTED),  # saved, but somebody else's result stands
+        (1, True, True, verdict.UNREPORTED),  # it ended badly
+    ):
+        record = copy.deepcopy(clean())
+        netns(record, rc, fired, committed)
+        assert verdict.judge(record).outcomes["f5"][0] == outcome, (rc, fired, committed)

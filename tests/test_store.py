@@ -242,6 +242,35 @@ def test_a_failed_attempt_is_retried_only_after_its_delay_by_the_database_clock(
     assert (retry.member, retry.attempts) == (failing.member, 1)
 
 
+def test_a_retry_goes_to_another_worker_while_one_is_training(store):
+    exp = store.create_experiment(config(population=3, intervals=1), "/tmp")
+    held = store.claim(exp.id, "good", "cpu")
+    failed = store.claim(exp.id, "sick", "cpu")
+    store.fail(failed, "RuntimeError: CUDA error")
+    other = store.claim(exp.id, "sick", "cpu")
+    assert other.member not in (held.member, failed.member)  # its own failure is left to the others
+    store.report(other, result(1.0))
+    assert store.claim(exp.id, "sick", "cpu") is None  # "good" is training: it will come for it
+    retry = store.claim(exp.id, "third", "cpu")
+    assert (retry.member, retry.attempts) == (failed.member, 1)
+
+
+def test_a_worker_retries_its_own_failure_when_nobody_else_trains_or_a_lease_passed(store):
+    exp = store.create_experiment(config(population=2, intervals=1), "/tmp")
+    failed = store.claim(exp.id, "alone", "cpu")
+    store.fail(failed, "boom")
+    retry = store.claim(exp.id, "alone", "cpu")  # a worker on its own is not kept waiting
+    assert (retry.member, retry.attempts) == (failed.member, 1)
+    exp = store.create_experiment(config("b", population=2, intervals=1), "/tmp")
+    store.claim(exp.id, "good", "cpu")
+    failed = store.claim(exp.id, "sick", "cpu")
+    store.fail(failed, "boom")
+    assert store.claim(exp.id, "sick", "cpu") is None
+    with store.engine.begin() as conn:  # as if the database's clock moved on by a lease
+        conn.execute(update(schema.tasks).where(schema.tasks.c.id == failed.id).values(retry_at=0.0))
+    assert store.claim(exp.id, "sick", "cpu").member == failed.member
+
+
 def test_a_released_task_is_claimable_at_once_and_no_attempt_is_counted(store):
     exp = store.create_experiment(config(retry_delay=30.0), "/tmp")
     task = store.claim(exp.id, "w", "cpu")

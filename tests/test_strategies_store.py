@@ -152,6 +152,24 @@ def test_an_invalid_hook_answer_is_a_recorded_failure_and_the_member_keeps_its_o
     drain(store, exp, explore=hook)  # the run still completes
 
 
+def test_a_hook_failure_in_a_plan_another_worker_overtook_is_still_recorded(store):
+    """The hook raises while another worker decides the same copy and its plan lands first:
+    the plan that called the hook is refused and never applied, but the user's failure is
+    kept (before: it vanished without a line)."""
+    exp = store.create_experiment(config(), "/tmp")
+
+    def hook(hparams, rng):
+        store.settle(exp.id)  # meanwhile another worker's plan, with PBT's own explore, lands
+        raise RuntimeError("explore broke")
+
+    first_interval(store, exp, explore=hook)
+    [failure] = store.events(exp.id, kinds=("failure",))
+    assert (failure.member, failure.interval) == (0, 1)
+    assert "cannot copy member 3: explore(hparams, rng) raised RuntimeError: explore broke" in failure.message
+    [x] = exploits(store, exp)  # the copy the other worker decided
+    assert (x.member, x.donor) == (0, 3) and set(x.changes.values()) <= {"x0.8", "x1.2", "resample"}
+
+
 def test_a_replacement_whose_hook_fails_falls_back_to_the_default_explore(store):
     exp = store.create_experiment(config(intervals=3, max_attempts=1), "/tmp")
     first_interval(store, exp)

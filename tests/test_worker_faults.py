@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import QUAD, SPECS, popbt_cmd, require, run_popbt, unavailable
+from popbt.blame import error_kind, worker_to_blame
 from popbt.spec import load_spec
 from popbt.store import open_store
-from popbt.worker import Worker, worker_to_blame
+from popbt.worker import Worker
 from test_run import assert_complete, results, wait_for
 
 
@@ -145,15 +146,24 @@ def test_a_worker_that_fails_every_member_while_others_succeed_stops_and_takes_i
 
 
 def test_the_rule_counts_only_failures_no_other_worker_shares():
-    """Pure: three failures of two or more members are the worker's, unless other workers failed
-    those intervals the same way (then the members fail everywhere: theirs to pay)."""
-    cuda, boom = "RuntimeError: CUDA error", "ValueError: boom"
-    streak = [(0, 1, boom), (1, 1, cuda), (0, 1, boom)]
+    """Pure: three failures of one kind, of two or more members, are the worker's, unless
+    another worker met that kind of error too (then it is the code's or a member's)."""
+    cuda = "RuntimeError: CUDA error: an illegal memory access at 0x7f3a12"
+    oom = "OutOfMemoryError: CUDA out of memory. Tried to allocate {} MiB"
+    streak = [(0, 1, cuda), (1, 1, cuda), (0, 1, cuda)]
     assert worker_to_blame(streak, set())
-    assert not worker_to_blame(streak, {(0, 1, boom)})  # member 0 fails the same way on every worker
-    assert worker_to_blame(streak, {(0, 1, cuda)})  # another error there says nothing about this one
+    assert not worker_to_blame(streak, {error_kind("attempt 2/3: " + cuda.replace("12", "40"))})  # met elsewhere
+    assert worker_to_blame(streak, {error_kind("ValueError: boom")})  # another error says nothing about this one
     assert not worker_to_blame([(0, 1, cuda), (0, 2, cuda), (0, 3, cuda)], set())  # one member: its own fault
-    assert worker_to_blame([(0, 2, cuda), (1, 2, cuda), (2, 2, cuda), (3, 2, cuda)], {(3, 2, cuda)})
+    assert worker_to_blame([(0, 2, oom.format(20)), (1, 2, oom.format(1500)), (2, 2, oom.format(7))], set())
+
+
+def test_a_run_of_different_errors_is_its_members_not_the_worker_s():
+    """Pure: one-off faults of different members that happen to follow each other on one
+    worker are no sign of a broken host; a broken host fails the same way every time."""
+    streak = [(0, 1, "ValueError: bad batch"), (1, 1, "ScoreError: evaluate() returned None"), (2, 1, "KeyError: 'x'")]
+    assert not worker_to_blame(streak, set())
+    assert not worker_to_blame([*streak, (3, 1, "ValueError: bad batch"), (0, 2, "KeyError: 'y'")], set())
 
 
 def test_a_healthy_worker_meeting_a_member_that_fails_everywhere_keeps_working(tmp_path, monkeypatch):
@@ -177,5 +187,30 @@ def test_a_healthy_worker_meeting_a_member_that_fails_everywhere_keeps_working(t
         assert not [e for e in events if e.kind == "worker_fault"]
         assert [(e.member, e.kind) for e in events if e.kind == "gave_up"] == [(0, "gave_up")]
         assert healthy.stats.done == 2  # member 1's intervals 1 (after its one failure) and 2
+    finally:
+        store.close()
+
+
+def test_a_healthy_worker_meeting_one_off_faults_of_three_members_in_a_row_keeps_working(tmp_path, monkeypatch):
+    """Members 0, 1 and 2 each fail once, in build, train and evaluate, and a healthy worker
+    meets the three in a row while another worker has results: three different errors are
+    the members' own, not a broken host's (before: it stopped with WorkerFault)."""
+    monkeypatch.setenv("FAULTY_DIR", str(tmp_path))
+    monkeypatch.setenv("FAULTY_RAISE", "build:0:1:1,train:1:1:1,evaluate:2:1:1")
+    spec = load_spec(str(SPECS / "faulty.py"))
+    store = open_store(f"sqlite:///{tmp_path / 'popbt.db'}")
+    try:
+        config = spec.config("oneoffs", population=4, intervals=2, seed=0, retry_delay=0.5)
+        exp = store.create_experiment(config, str(tmp_path))
+        other = Worker(store, exp, spec, name="other")
+        for _ in range(4):  # interval 0 of every member
+            other.train_one(store.claim(exp.id, other.name, "cpu"))
+        healthy = Worker(store, exp, spec, name="healthy")
+        healthy.run(poll=0.05)
+        events = store.events(exp.id, limit=1000)
+        assert [(e.member, e.worker) for e in events if e.kind == "failure"] == [(m, "healthy") for m in (0, 1, 2)]
+        assert not [e for e in events if e.kind == "worker_fault"]
+        assert store.experiment("oneoffs").status == "finished"
+        assert healthy.stats.done == 4
     finally:
         store.close()

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import random
-import re
 import signal
 import socket
 import sys
@@ -28,11 +27,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import checkpoints, devices
+from .blame import Streak, convicting, error_kind
 from .errors import ConfigError, Interrupted, RunFailed, StoreError, WorkerFault
 from .space import space_to_json
 from .spec import Spec
@@ -41,12 +41,6 @@ from .store import IN_DATABASE, Checkpoint, Experiment, LeaseLost, Rejected, Res
 log = logging.getLogger("popbt.worker")
 
 SETTLE_AFTER = 2.0  # seconds idle before a worker takes decisions a dead worker left behind
-# Failures in a row, of at least two different members, while other workers have results: then
-# the worker, not its members, is to blame. (Its retries wait out a backoff, and others may hold
-# the rest of the population, so it can meet the same member twice in such a streak.) An
-# interval another worker failed the same way is the member's fault and does not count; nor does a
-# corrupt checkpoint or an interval whose earlier workers all died (see ``worker_to_blame``).
-STREAK = 3
 
 
 @dataclass(frozen=True)
@@ -271,36 +265,6 @@ class Kept:
     state: Any
 
 
-@dataclass
-class Streak:
-    """Failures in a row on this worker: per task, (its attempts after the last failure, how
-    many failures); and each failure that may be the worker's (member, interval, message)."""
-
-    charged: dict[int, tuple[int, int]] = field(default_factory=dict)
-    failed: list[Failure] = field(default_factory=list)
-
-
-Failure = tuple[int, int, str]  # member, interval, the error's message
-
-
-def worker_to_blame(failed: list[Failure], failed_elsewhere: set[Failure]) -> bool:
-    """Whether a streak of failures is the worker's fault rather than its members': STREAK of
-    them, of two or more members, not counting those another worker met too, the same error at
-    the same interval (a member that fails everywhere is the member's problem; another
-    worker's different error there, e.g. a one-off, says nothing about this one)."""
-    own = _own(failed, failed_elsewhere)
-    return len(own) >= STREAK and len({member for member, _, _ in own}) >= 2
-
-
-def _own(failed: list[Failure], failed_elsewhere: set[Failure]) -> list[Failure]:
-    return [f for f in failed if f not in failed_elsewhere]
-
-
-def _cause(event_message: str) -> str:
-    """A failure event's message without its ``attempt a/b:`` prefix."""
-    return re.sub(r"^attempt \d+/\d+: ", "", event_message)
-
-
 class Worker:
     """Trains tasks of one experiment until it is over (or ``stop`` is set)."""
 
@@ -513,22 +477,19 @@ class Worker:
         self.streak.charged[task.id] = (task.attempts + 1, self.streak.charged.get(task.id, (0, 0))[1] + 1)
         if mine:
             self.streak.failed.append((task.member, task.interval, message))
-        if not worker_to_blame(self.streak.failed, set()):
+        if not convicting(self.streak.failed, set()):
             return
         elsewhere = {
-            (e.member, e.interval, _cause(e.message))
+            error_kind(e.message)
             for e in self.store.events(self.experiment.id, limit=1000, kinds=("failure",))
             if e.worker != self.name
         }
+        own = convicting(self.streak.failed, elsewhere)
         # the code works elsewhere: other workers have results (this one, none in its streak)
-        if (
-            worker_to_blame(self.streak.failed, elsewhere)
-            and self.store.progress(self.experiment.id).done > self.stats.done
-        ):
-            own = _own(self.streak.failed, elsewhere)
+        if own and self.store.progress(self.experiment.id).done > self.stats.done:
             self._blame_self(
                 f"it failed {len(own)} intervals of {len({m for m, _, _ in own})} different members "
-                f"in a row while other workers succeeded; last error: {message}"
+                f"in a row while other workers succeeded, each time with {own[-1][2]}"
             )
 
     def _blame_self(self, why: str) -> None:

@@ -42,9 +42,26 @@ CLOCK = select(NOW)
 
 # -- claims ------------------------------------------------------------------------------
 
+WHO = bindparam("who", type_=Text)
+LEASE = bindparam("lease", type_=Float)
+_busy = t.alias("busy")
+_OTHERS_TRAINING = (
+    select(_busy.c.id)
+    .where(
+        _busy.c.experiment_id == EXP,
+        _busy.c.state == RUNNING,
+        _busy.c.lease_expires > NOW,
+        _busy.c.worker != WHO,
+    )
+    .exists()
+)
+# A retry goes to another worker while one is training (it comes free within an interval),
+# for a lease at most: a worker whose own device is broken cannot burn one member's attempts
+# by itself, and a member failing everywhere is met by more than one worker (worker.py's rule).
+_RETRY_HERE = or_(t.c.worker != WHO, t.c.retry_at + LEASE <= NOW, ~_OTHERS_TRAINING)
 # pending and past its retry delay, or running with a lease that expired (its worker died)
 CLAIMABLE = or_(
-    and_(t.c.state == PENDING, or_(t.c.retry_at.is_(None), t.c.retry_at <= NOW)),
+    and_(t.c.state == PENDING, or_(t.c.retry_at.is_(None), and_(t.c.retry_at <= NOW, _RETRY_HERE))),
     and_(t.c.state == RUNNING, t.c.lease_expires < NOW),
 )
 _EXPERIMENT_RUNNING = select(e.c.id).where(e.c.id == EXP, e.c.status == ExperimentStatus.RUNNING).exists()
@@ -86,8 +103,8 @@ TAKE = (
     .values(
         state=RUNNING,
         lease_token=bindparam("token", type_=String),
-        lease_expires=NOW + bindparam("lease", type_=Float),
-        worker=bindparam("who", type_=Text),
+        lease_expires=NOW + LEASE,
+        worker=WHO,
         device=bindparam("on", type_=Text),
         started_at=NOW,
         # a lease that expired is an attempt that died: count it, so an interval that kills

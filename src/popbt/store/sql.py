@@ -195,17 +195,18 @@ class SQLStore(Reads, Store):
 
         def tx(conn: Connection) -> Task | None:
             cand = None
+            values = {"exp": experiment_id, "who": worker, "lease": cfg.lease_seconds}
             if prefer is not None:
-                values = {"exp": experiment_id, "pref_member": prefer[0], "pref_interval": prefer[1]}
-                cand = conn.execute(q.CLAIM_PREFERRED, values).first()
+                preferred = {**values, "pref_member": prefer[0], "pref_interval": prefer[1]}
+                cand = conn.execute(q.CLAIM_PREFERRED, preferred).first()
             if cand is None:
-                cand = conn.execute(q.CLAIM_NEXT, {"exp": experiment_id}).first()
+                cand = conn.execute(q.CLAIM_NEXT, values).first()
             if cand is None:
                 return None
             token = uuid.uuid4().hex
             died = 1 if cand.state == RUNNING else 0
-            values = {"task": cand.id, "token": token, "lease": cfg.lease_seconds, "who": worker, "on": device}
-            claimed = conn.execute(q.TAKE, {**values, "died": died}).first()
+            take = {**values, "task": cand.id, "token": token, "on": device, "died": died}
+            claimed = conn.execute(q.TAKE, take).first()
             if claimed is None:
                 return None
             if died:
@@ -435,19 +436,35 @@ class SQLStore(Reads, Store):
         change landed meanwhile, read the new snapshot and plan again, reusing the explorations
         already drawn (a few times: whoever changed the population settles it too)."""
         cfg, explored = self.config(exp_id), {}
+        hook_failures: dict[planning.Note, None] = {}  # the user's explore raised in some pass
         for _ in range(REPLANS):
             decided = planning.plan(snapshot, explore, explored)
             if not decided:
                 break
+            hook_failures.update(dict.fromkeys(n for n in decided.notes if n.kind == "failure"))
             try:
                 applied = self._run(lambda conn, plan=decided: self._apply(conn, cfg, exp_id, plan))
             except pop.Conflict:
                 applied = None
             if applied is not None:
+                self._keep_failures([n for n in hook_failures if n not in decided.notes], exp_id)
                 dead, done = applied
                 return Outcome(finished or done, pop.donor_of(decided, mine), garbage + dead, pop.kept(decided, mine))
             snapshot = self._run(lambda conn: pop.read_snapshot(conn, cfg, exp_id), read=True)
+        self._keep_failures(list(hook_failures), exp_id)
         return Outcome(finished, None, garbage)
+
+    def _keep_failures(self, notes: list[planning.Note], exp_id: int) -> None:
+        """Failures of user code in plans that were never applied (the population moved on):
+        recorded all the same, since the plan that is applied may not call the hook again."""
+        if not notes:
+            return
+
+        def tx(conn: Connection) -> None:
+            for n in notes:
+                pop.record_event(conn, exp_id, n.member, n.interval, n.kind, n.message, None)
+
+        self._run(tx)
 
     def _apply(
         self, conn: Connection, cfg: ExperimentConfig, exp_id: int, plan: planning.Plan, wake: bool = True
