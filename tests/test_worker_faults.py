@@ -18,6 +18,7 @@ import pytest
 
 from conftest import QUAD, SPECS, popbt_cmd, require, run_popbt, unavailable
 from popbt.blame import error_kind, worker_to_blame
+from popbt.errors import WorkerFault
 from popbt.spec import load_spec
 from popbt.store import open_store
 from popbt.worker import Worker
@@ -212,5 +213,40 @@ def test_a_healthy_worker_meeting_one_off_faults_of_three_members_in_a_row_keeps
         assert not [e for e in events if e.kind == "worker_fault"]
         assert store.experiment("oneoffs").status == "finished"
         assert healthy.stats.done == 4
+    finally:
+        store.close()
+
+
+def test_the_failure_that_convicts_a_sick_worker_is_not_charged(tmp_path, monkeypatch):
+    """Member 0's interval 1 failed twice of its own; a sick worker that failed members 1 and 2
+    meets it third. Charged, that failure would replace member 0 for the host's fault (its
+    third attempt): it is handed back instead, and members 1 and 2 get their attempts back."""
+    spec = load_spec(QUAD)
+    store = open_store(f"sqlite:///{tmp_path / 'popbt.db'}")
+    try:
+        exp = store.create_experiment(spec.config("sick", population=4, intervals=2, seed=0), str(tmp_path))
+        healthy = Worker(store, exp, spec, name="healthy")
+        for _ in range(4):  # interval 0 of every member
+            healthy.train_one(store.claim(exp.id, healthy.name, "cpu"))
+        for _ in range(2):
+            store.fail(store.claim(exp.id, healthy.name, "cpu"), "ValueError: member 0's own bug")
+        held = store.claim(exp.id, healthy.name, "cpu")
+        assert (held.member, held.attempts) == (0, 2)
+        monkeypatch.setenv("POPBT_TEST_SICK", "1")
+        sick = Worker(store, exp, spec, name="sick")
+        for member in (1, 2):
+            task = store.claim(exp.id, sick.name, "cpu")
+            assert task.member == member
+            sick.train_one(task)
+        store.release(held)
+        third = store.claim(exp.id, sick.name, "cpu")
+        assert third.member == 0
+        with pytest.raises(WorkerFault, match="failed 3 intervals of 3 different members in a row"):
+            sick.train_one(third)
+        events = store.events(exp.id, limit=1000)
+        assert not [e for e in events if e.kind in ("replaced", "gave_up")]  # before: member 0 was replaced
+        assert [(e.member, e.worker) for e in events if e.kind == "released"] == [(0, "sick")]
+        attempts = {r.member: r.attempts for r in store.history(exp.id) if r.interval == 1}
+        assert attempts == {0: 2, 1: 0, 2: 0, 3: 0}
     finally:
         store.close()

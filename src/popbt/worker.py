@@ -6,9 +6,9 @@ heartbeat thread renews the lease while user code trains; if the lease is lost a
 
 A worker tells its own faults from its members': it probes its device and checkpoint
 directory before claiming anything, a disk the system refuses (full, read-only) releases the
-interval uncharged, and a worker that fails several different members in a row while others
-succeed with them stops and takes those charges back. SIGINT and SIGTERM hand the running
-interval back at once, without counting an attempt.
+interval uncharged, and a worker that fails several different members in a row, the same
+way, while others succeed, stops and takes those charges back (the rule: popbt/blame.py).
+SIGINT and SIGTERM hand the running interval back at once, without counting an attempt.
 """
 
 from __future__ import annotations
@@ -463,37 +463,47 @@ class Worker:
 
     def _fail(self, task: Task, message: str, detail: str | None, mine: bool = True) -> None:
         """Charge the member an attempt; when this worker failed several different members in
-        a row while others succeed with them, the fault is this worker's: take the charges
-        back and stop (WorkerFault). ``mine``: whether the failure may be this worker's at all."""
+        a row with an error no other worker met, while others succeed, the fault is this
+        worker's: hand this interval back uncharged, take the earlier charges back and stop
+        (WorkerFault). ``mine``: whether the failure may be this worker's at all (not a
+        corrupt checkpoint, not an interval whose workers died)."""
         self.stats.failed += 1
         log.warning(
             "member %d interval %d failed: %s%s", task.member, task.interval, message, f"\n{detail}" if detail else ""
         )
+        if mine:
+            self.streak.failed.append((task.member, task.interval, message))
+            why = self._to_blame()
+            if why is not None:  # charged, this failure could be the one that replaces a member
+                self._blame_self(why, task)
         try:
             outcome = self.store.fail(task, message, explore=self.spec.explore, detail=detail)
         except LeaseLost:
             return
         checkpoints.delete(outcome.garbage)
         self.streak.charged[task.id] = (task.attempts + 1, self.streak.charged.get(task.id, (0, 0))[1] + 1)
-        if mine:
-            self.streak.failed.append((task.member, task.interval, message))
+
+    def _to_blame(self) -> str | None:
+        """Why this worker's streak is its own fault (popbt/blame.py), or None: the code works
+        elsewhere (other workers have results, this one none since the streak began)."""
         if not convicting(self.streak.failed, set()):
-            return
+            return None
         elsewhere = {
             error_kind(e.message)
             for e in self.store.events(self.experiment.id, limit=1000, kinds=("failure",))
             if e.worker != self.name
         }
         own = convicting(self.streak.failed, elsewhere)
-        # the code works elsewhere: other workers have results (this one, none in its streak)
-        if own and self.store.progress(self.experiment.id).done > self.stats.done:
-            self._blame_self(
-                f"it failed {len(own)} intervals of {len({m for m, _, _ in own})} different members "
-                f"in a row while other workers succeeded, each time with {own[-1][2]}"
-            )
+        if not own or self.store.progress(self.experiment.id).done <= self.stats.done:
+            return None
+        return (
+            f"it failed {len(own)} intervals of {len({m for m, _, _ in own})} different members "
+            f"in a row while other workers succeeded, each time with {own[-1][2]}"
+        )
 
-    def _blame_self(self, why: str) -> None:
+    def _blame_self(self, why: str, task: Task) -> None:
         reason = f"worker {self.name} on {self.device} stops taking work: {why}; its failures are not counted"
+        self._release(task, reason)
         back = self.store.absolve(self.experiment.id, self.streak.charged, self.name, reason)
         log.error("%s (%d attempts taken back)", reason, back)
         raise WorkerFault(reason)
