@@ -146,6 +146,7 @@ def test_an_invalid_hook_answer_is_a_recorded_failure_and_the_member_keeps_its_o
     assert exploits(store, exp) == []
     [failure] = [e for e in store.events(exp.id) if e.kind == "failure"]
     assert (failure.member, failure.interval) == (0, 1) and message in failure.message
+    assert ("KeyError: 'nope'" in failure.detail) if "raised" in message else failure.detail is None
     task = store.claim(exp.id, "w", "cpu")
     assert (task.member, task.interval, task.start.member) == (0, 1, 0)
     store.release(task)
@@ -166,6 +167,7 @@ def test_a_hook_failure_in_a_plan_another_worker_overtook_is_still_recorded(stor
     [failure] = store.events(exp.id, kinds=("failure",))
     assert (failure.member, failure.interval) == (0, 1)
     assert "cannot copy member 3: explore(hparams, rng) raised RuntimeError: explore broke" in failure.message
+    assert 'raise RuntimeError("explore broke")' in failure.detail  # the user's traceback, kept
     [x] = exploits(store, exp)  # the copy the other worker decided
     assert (x.member, x.donor) == (0, 3) and set(x.changes.values()) <= {"x0.8", "x1.2", "resample"}
 

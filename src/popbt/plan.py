@@ -117,6 +117,7 @@ class Note:
     interval: int
     kind: str
     message: str
+    detail: str | None = None  # a traceback, when user code failed
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,7 @@ class _Planner:
         try:
             explored = self.explore(w, donor, reason, self.hook)
         except ExploreError as e:
-            self.note(w, "failure", f"member {w.member} cannot copy member {donor.member}: {e}")
+            self.note(w, "failure", f"member {w.member} cannot copy member {donor.member}: {e}", e.detail)
             self.keep(w)
             return
         self.decide(
@@ -327,7 +328,7 @@ class _Planner:
         try:
             explored = self.explore(w, donor, "replace", self.hook)
         except ExploreError as e:  # the hook failed: PBT's own explore still gives a valid copy
-            self.note(w, "failure", f"member {w.member} cannot copy member {donor.member}: {e}")
+            self.note(w, "failure", f"member {w.member} cannot copy member {donor.member}: {e}", e.detail)
             explored = self.explore(w, donor, "replace", None)
         own = self.snap.results.get((w.member, age))
         self.decide(
@@ -422,5 +423,5 @@ class _Planner:
         self.decisions.append(Decision(w.task, w.member, w.interval, dict(hparams), start, replacements, copy))
         self.busy.append(pb2.Busy(dict(hparams), self.signed(copy.donor_score) if copy else None))
 
-    def note(self, w: Waiting, kind: str, message: str) -> None:
-        self.notes.append(Note(w.member, w.interval, kind, message))
+    def note(self, w: Waiting, kind: str, message: str, detail: str | None = None) -> None:
+        self.notes.append(Note(w.member, w.interval, kind, message, detail))

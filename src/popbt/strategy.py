@@ -18,6 +18,7 @@ import bisect
 import hashlib
 import math
 import random
+import traceback
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,12 @@ NONFINITE = ("worst", "fail")  # a NaN/inf score: the worst score (exploit at on
 
 
 class ExploreError(ValueError):
-    """A user explore hook raised or returned hyperparameters outside the space."""
+    """A user explore hook raised or returned hyperparameters outside the space; ``detail``:
+    the traceback of what it raised, kept with the failure."""
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -237,7 +243,8 @@ def explore_with(
         proposed = hook(dict(hparams), rng)
     except Exception as e:
         text = (str(e).strip().splitlines() or ["(no message)"])[0]
-        raise ExploreError(f"explore(hparams, rng) raised {type(e).__name__}: {text}") from None
+        trace = "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip()
+        raise ExploreError(f"explore(hparams, rng) raised {type(e).__name__}: {text}", trace) from None
     if not isinstance(proposed, Mapping):
         raise ExploreError(f"explore(hparams, rng) returned {type(proposed).__name__}, not a dict")
     try:

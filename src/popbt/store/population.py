@@ -160,7 +160,7 @@ def apply(conn: Connection, exp_id: int, plan: Plan) -> int | None:
                 },
             )
     for note in plan.notes:
-        record_event(conn, exp_id, note.member, note.interval, note.kind, note.message, None)
+        record_event(conn, exp_id, note.member, note.interval, note.kind, note.message, None, note.detail)
     return moved.gc_floor
 
 

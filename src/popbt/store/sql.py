@@ -7,6 +7,7 @@ is the queue: experiments, claims, leases, reports, failures, and the reads.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import uuid
@@ -47,6 +48,7 @@ from .reads import Reads
 
 T = TypeVar("T")
 
+log = logging.getLogger("popbt.store")
 REPLANS = 5  # plans refused because the population moved, before leaving it to the next change
 MAX_RETRY_DELAY = 60.0  # seconds: the longest wait before a failed interval is retried
 SCHEMA_LOCK = 7240317  # PostgreSQL advisory lock held while the schema is created or upgraded
@@ -441,7 +443,10 @@ class SQLStore(Reads, Store):
             decided = planning.plan(snapshot, explore, explored)
             if not decided:
                 break
-            hook_failures.update(dict.fromkeys(n for n in decided.notes if n.kind == "failure"))
+            for n in decided.notes:
+                if n.kind == "failure" and n not in hook_failures:
+                    hook_failures[n] = None
+                    log.warning("member %d interval %d: %s\n%s", n.member, n.interval, n.message, n.detail or "")
             try:
                 applied = self._run(lambda conn, plan=decided: self._apply(conn, cfg, exp_id, plan))
             except pop.Conflict:
@@ -462,7 +467,7 @@ class SQLStore(Reads, Store):
 
         def tx(conn: Connection) -> None:
             for n in notes:
-                pop.record_event(conn, exp_id, n.member, n.interval, n.kind, n.message, None)
+                pop.record_event(conn, exp_id, n.member, n.interval, n.kind, n.message, None, n.detail)
 
         self._run(tx)
 
