@@ -222,11 +222,7 @@ def _gave_up_explained(facts: Facts, gave_up) -> list[str]:
     for m, k in gave_up:
         if not facts.event("gave_up", m):
             out.append(f"member {m} given up at interval {k} without a gave_up event")
-        meant = any(
-            f["kind"] in ("failing_member", "poison_task") and (f["member"], f["interval"]) == (m, k) and f["injected"]
-            for f in facts.record["faults"]
-        )
-        if not meant:
+        if not _doomed(facts, m, k):
             fails = [e["message"] for e in facts.events if e["kind"] == "failure" and e["member"] == m]
             out.append(f"member {m} given up at interval {k} for no injected reason: {fails[-1] if fails else '-'}")
     return out
@@ -652,7 +648,7 @@ def _sick(f: dict, facts: Facts) -> tuple[str, str]:
         # its first charge stands where a retry was claimed before it could know it was sick
         # (absolve takes back only what still stands): a replacement, never a give-up
         given_up = facts.event("gave_up", m, k) and len(others) < MAX_ATTEMPTS * (MAX_ATTEMPTS + 1)
-        if (charged and len(others) < MAX_ATTEMPTS - 1 or given_up) and not corrupt:
+        if (charged and len(others) < MAX_ATTEMPTS - 1 or given_up) and not corrupt and not _doomed(facts, m, k):
             return UNREPORTED, f"member {m} paid for the sick worker at interval {k}"
     if w.get("rc") == 3 and "in a row while other workers succeeded" in w.get("out", ""):
         if facts.event("worker_fault", worker=name):
@@ -661,6 +657,16 @@ def _sick(f: dict, facts: Facts) -> tuple[str, str]:
     if w.get("rc") == 0 and len(mine) < MAX_ATTEMPTS:
         return NO_HARM, f"the run ended after {len(mine)} of its failures"
     return UNREPORTED, f"exit {w.get('rc')} after {len(mine)} failures"
+
+
+def _doomed(facts: Facts, m: int, k: int) -> bool:
+    """The campaign makes (m, k) fail on every worker that trains it (a member that keeps
+    failing, a poison interval): it is replaced and given up whoever trains it, so a sick
+    worker's share of its attempts changes nothing of its fate."""
+    return any(
+        f["kind"] in ("failing_member", "poison_task") and f["injected"] and (f["member"], f["interval"]) == (m, k)
+        for f in facts.record["faults"]
+    )
 
 
 def _foreign_file(f: dict, facts: Facts) -> tuple[str, str]:

@@ -318,3 +318,32 @@ def test_a_link_cut_that_never_struck_is_no_harm_only_if_its_worker_committed_an
         record = copy.deepcopy(clean())
         netns(record, rc, fired, committed)
         assert verdict.judge(record).outcomes["f5"][0] == outcome, (rc, fired, committed)
+
+
+def test_a_member_replaced_for_the_sick_worker_fails_unless_it_fails_everywhere_anyway():
+    sick, cuda = f"{HOST}:50", "RuntimeError: CUDA error: an illegal memory access (chaos: a sick worker)"
+
+    def replaced_for_the_sick(r, doomed: bool):
+        r["faults"].append(fault("f5", "sick_worker"))
+        out = f"popbt: error: worker {sick} on cpu stops taking work: it failed 3 intervals of 2 different members"
+        r["workers"].append(dict(name=sick, fault="f5", role="sick", rc=3, out=out + " in a row while other workers"))
+        r["workers"][-1]["out"] += " succeeded"
+        own = "RuntimeError: chaos f6: injected in train"
+        for n, (message, who) in enumerate(((cuda, sick), (own, f"{HOST}:11"), (cuda, sick)), start=1):
+            r["events"].append(
+                dict(kind="failure", member=0, interval=1, message=f"attempt {n}/3: {message}") | {"worker": who}
+            )
+        r["events"].append(dict(kind="replaced", member=0, interval=1, message="member 0 copies member 1", worker=None))
+        r["events"].append(dict(kind="worker_fault", member=-1, interval=-1, message=out, worker=sick))
+        if doomed:  # member 0 fails interval 1 on every worker: replaced whoever trains it
+            r["faults"].append(fault("f6", "failing_member", member=0, interval=1, firings=[[11, 0, 1]]))
+
+    record = copy.deepcopy(clean())
+    replaced_for_the_sick(record, doomed=False)
+    assert verdict.judge(record).outcomes["f5"] == (
+        verdict.UNREPORTED,
+        "member 0 paid for the sick worker at interval 1",
+    )
+    record = copy.deepcopy(clean())
+    replaced_for_the_sick(record, doomed=True)
+    assert verdict.judge(record).outcomes["f5"] == (verdict.REPORTED, "it blamed itself after 2 failures")
