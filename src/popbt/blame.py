@@ -14,8 +14,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-# Failures in a row of one kind, of at least two members: then the worker is to blame. A
-# corrupt checkpoint and an interval whose earlier workers all died never count (``mine``).
+# Failures in a row of one kind, of at least two members: then the worker is to blame. (The
+# worker leaves out of its streak a corrupt checkpoint and an interval whose workers all died.)
 STREAK = 3
 
 Failure = tuple[int, int, str]  # member, interval, the error's message (one line)
@@ -51,4 +51,5 @@ def convicting(failed: list[Failure], met_elsewhere: set[str]) -> list[Failure]:
 
 
 def worker_to_blame(failed: list[Failure], met_elsewhere: set[str]) -> bool:
+    """Whether ``failed`` (a worker's streak) is the worker's fault: see ``convicting``."""
     return bool(convicting(failed, met_elsewhere))

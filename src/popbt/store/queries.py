@@ -57,7 +57,7 @@ _OTHERS_TRAINING = (
 )
 # A retry goes to another worker while one is training (it comes free within an interval),
 # for a lease at most: a worker whose own device is broken cannot burn one member's attempts
-# by itself, and a member failing everywhere is met by more than one worker (worker.py's rule).
+# by itself, and a member failing everywhere is met by more than one worker (popbt/blame.py).
 _RETRY_HERE = or_(t.c.worker != WHO, t.c.retry_at + LEASE <= NOW, ~_OTHERS_TRAINING)
 # pending and past its retry delay, or running with a lease that expired (its worker died)
 CLAIMABLE = or_(
