@@ -101,6 +101,13 @@ def broken(change) -> list[str]:
     return verdict.judge(record).problems
 
 
+def outcome(fault_id: str, change, *args) -> tuple[str, str]:
+    """What fault ``fault_id`` came to in the clean record after ``change(record, *args)``."""
+    record = copy.deepcopy(clean())
+    change(record, *args)
+    return verdict.judge(record).outcomes[fault_id]
+
+
 def test_a_missing_result_fails():
     problems = broken(lambda r: r["rows"].pop(3))
     assert problems == ["result missing: member 1 interval 1"]
@@ -254,15 +261,8 @@ def test_a_sigtermed_worker_must_hand_back_unless_another_fault_killed_it_first(
         if killed:
             r["faults"].append(fault("f8", "kill_run_and_workers", pids=[99]))
 
-    record = copy.deepcopy(clean())
-    preempted(record, killed=False)
-    assert verdict.judge(record).outcomes["f7"] == (
-        verdict.UNREPORTED,
-        "no released event for the SIGTERMed worker(s) [99]",
-    )
-    record = copy.deepcopy(clean())
-    preempted(record, killed=True)
-    assert not verdict.judge(record).outcomes["f7"][1].startswith("no released event")
+    assert outcome("f7", preempted, False) == (verdict.UNREPORTED, "no released event for the SIGTERMed worker(s) [99]")
+    assert not outcome("f7", preempted, True)[1].startswith("no released event")
 
 
 def test_a_lock_past_the_busy_timeout_is_said_or_waited_out():
@@ -270,15 +270,10 @@ def test_a_lock_past_the_busy_timeout_is_said_or_waited_out():
         r["faults"].append(fault("f9", "sqlite_lock_long", window=[T0, T0 + 0.4]))
         r.update(logs=logs, status=status)
 
-    record = copy.deepcopy(clean())
-    locked(record, "")
-    assert verdict.judge(record).outcomes["f9"][0] == verdict.NO_HARM  # waited out, nobody stopped
-    record = copy.deepcopy(clean())
-    locked(record, "popbt: error: worker w stops taking work: the database was unreachable for longer than ...")
-    assert verdict.judge(record).outcomes["f9"][0] == verdict.REPORTED
-    record = copy.deepcopy(clean())
-    locked(record, "worker w stops taking work: something else", status="running")
-    assert verdict.judge(record).outcomes["f9"][0] == verdict.UNREPORTED
+    assert outcome("f9", locked, "")[0] == verdict.NO_HARM  # waited out, nobody stopped
+    said = "popbt: error: worker w stops taking work: the database was unreachable for longer than ..."
+    assert outcome("f9", locked, said)[0] == verdict.REPORTED
+    assert outcome("f9", locked, "worker w stops taking work: something else", "running")[0] == verdict.UNREPORTED
 
 
 def test_an_explore_hook_failure_must_be_recorded_unless_its_worker_was_killed_or_cut_off():
@@ -290,15 +285,11 @@ def test_an_explore_hook_failure_must_be_recorded_unless_its_worker_was_killed_o
             r["faults"].append(fault("f6", "netns_cut", firings=[[77, 1, 2]], facts={"cut": True}))
             r["workers"].append(dict(name=f"{HOST}:77", fault="f6", rc=2, out=""))
 
-    for by, outcome in ((None, verdict.UNREPORTED), ("killed", verdict.NO_HARM), ("cut off", verdict.NO_HARM)):
-        record = copy.deepcopy(clean())
-        explored(record, by)
-        assert verdict.judge(record).outcomes["f5"][0] == outcome, by
-    record = copy.deepcopy(clean())
-    explored(record, None)
+    for by, expected in ((None, verdict.UNREPORTED), ("killed", verdict.NO_HARM), ("cut off", verdict.NO_HARM)):
+        assert outcome("f5", explored, by)[0] == expected, by
     message = "member 0 cannot copy member 1: explore(hparams, rng) raised RuntimeError: chaos f5: injected"
-    record["events"].append(dict(kind="failure", member=0, interval=2, message=message, worker=None, at=T0 + 3))
-    assert verdict.judge(record).outcomes["f5"][0] == verdict.REPORTED
+    said = dict(kind="failure", member=0, interval=2, message=message, worker=None, at=T0 + 3)
+    assert outcome("f5", lambda r: (explored(r, None), r["events"].append(said)))[0] == verdict.REPORTED
 
 
 def test_a_link_cut_that_never_struck_is_no_harm_only_if_its_worker_committed_and_ended_well():
@@ -309,15 +300,13 @@ def test_a_link_cut_that_never_struck_is_no_harm_only_if_its_worker_committed_an
         if not committed:
             r["rows"][3]["worker"] = f"{HOST}:11"
 
-    for rc, fired, committed, outcome in (
+    for rc, fired, committed, expected in (
         (0, True, True, verdict.NO_HARM),  # its result stands; the run was over before the cut
         (0, False, False, verdict.NO_HARM),  # it never saved: the run ended first
         (0, True, False, verdict.UNREPORTED),  # saved, but somebody else's result stands
         (1, True, True, verdict.UNREPORTED),  # it ended badly
     ):
-        record = copy.deepcopy(clean())
-        netns(record, rc, fired, committed)
-        assert verdict.judge(record).outcomes["f5"][0] == outcome, (rc, fired, committed)
+        assert outcome("f5", netns, rc, fired, committed)[0] == expected, (rc, fired, committed)
 
 
 def test_a_member_replaced_for_the_sick_worker_fails_unless_it_fails_everywhere_anyway():
@@ -338,12 +327,6 @@ def test_a_member_replaced_for_the_sick_worker_fails_unless_it_fails_everywhere_
         if doomed:  # member 0 fails interval 1 on every worker: replaced whoever trains it
             r["faults"].append(fault("f6", "failing_member", member=0, interval=1, firings=[[11, 0, 1]]))
 
-    record = copy.deepcopy(clean())
-    replaced_for_the_sick(record, doomed=False)
-    assert verdict.judge(record).outcomes["f5"] == (
-        verdict.UNREPORTED,
-        "member 0 paid for the sick worker at interval 1",
-    )
-    record = copy.deepcopy(clean())
-    replaced_for_the_sick(record, doomed=True)
-    assert verdict.judge(record).outcomes["f5"] == (verdict.REPORTED, "it blamed itself after 2 failures")
+    paid = (verdict.UNREPORTED, "member 0 paid for the sick worker at interval 1")
+    assert outcome("f5", replaced_for_the_sick, False) == paid
+    assert outcome("f5", replaced_for_the_sick, True) == (verdict.REPORTED, "it blamed itself after 2 failures")
