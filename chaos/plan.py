@@ -68,6 +68,8 @@ EXTERNAL = {
     **NETNS,
     **DISK,
 }
+# faults of a member rather than of a worker: they fire whichever worker trains it
+EVERYWHERE = {"failing_member", "poison_task"}
 DESCRIPTION = {**{k: v[2] for k, v in IN_SPEC.items()}, **EXTERNAL}
 
 # Faults whose by-design effect is that nobody can make progress while they last (see
@@ -175,8 +177,11 @@ class Fault:
 
     @property
     def role(self) -> str:
-        """Only a worker started with this CHAOS_ROLE fires the fault (the netns worker's)."""
-        return f"netns:{self.id}" if self.kind in NETNS else ""
+        """Only a worker started with this CHAOS_ROLE fires the fault (the netns worker's); a
+        member that fails or kills everywhere does so in every worker, special ones too ("*")."""
+        if self.kind in NETNS:
+            return f"netns:{self.id}"
+        return "*" if self.kind in EVERYWHERE else ""
 
     def control(self) -> dict:
         if self.kind in NETNS:

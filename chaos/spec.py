@@ -11,7 +11,8 @@ before it starts a run and may rewrite it mid-run; it is re-read whenever it cha
 ``at`` is the spec function the fault fires in (build, train, evaluate, save, load, apply,
 explore); ``member`` / ``interval`` select the task (null: any); ``times`` is how many
 attempts it fires on (0: every attempt, for a member that keeps failing); ``role`` (default
-"") fires it only in a worker whose env CHAOS_ROLE is the same (the campaign's netns worker).
+"") fires it only in a worker whose env CHAOS_ROLE is the same (the campaign's netns worker),
+or in every worker ("*": a member that fails or kills whoever trains it).
 ``foreign`` lists file names popbt must never load (each load of one leaves a marker).
 A worker with env CHAOS_SICK=1 raises a CUDA error in every train (a broken GPU). Each firing leaves
 ``DIR/fired-ID-N`` holding "pid member interval" before it acts, so the campaign can wait on
@@ -87,7 +88,7 @@ def _fire(at: str) -> dict | None:
     member, interval = _trial()
     role = os.environ.get("CHAOS_ROLE", "")
     for fault in ctl.get("faults", []):
-        if fault["at"] != at or fault.get("role", "") != role:
+        if fault["at"] != at or fault.get("role", "") not in ("*", role):
             continue
         if fault.get("member") is not None and fault["member"] != member:
             continue

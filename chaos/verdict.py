@@ -142,11 +142,7 @@ def _facts(record: dict) -> Facts:
     rows = defaultdict(list)
     for r in record.get("rows", []):
         rows[(r["member"], r["interval"])].append(r)
-    killed = set()
     cut = {f["id"] for f in record["faults"] if f["kind"] in ("netns_cut", "netns_cut_kill") and f["facts"].get("cut")}
-    for f in record["faults"]:
-        if f["kind"] in KILLS and f["injected"]:
-            killed |= set(f["pids"]) | {p for p, _, _ in f.get("firings", [])}
     return Facts(
         record=record,
         host=record.get("host", ""),
@@ -155,10 +151,19 @@ def _facts(record: dict) -> Facts:
         rows=rows,
         live=record.get("live", {}),
         logs=record.get("logs", ""),
-        killed=killed,
+        killed=_killed(record),
         cut_off={_pid(w["name"]) for w in record.get("workers", []) if w.get("fault") in cut},
         injected={f["kind"] for f in record["faults"] if f["injected"]},
     )
+
+
+def _killed(record: dict, but: str | None = None) -> set:
+    """The pids the campaign SIGKILLed (``but``: leaving out what that fault killed)."""
+    killed = set()
+    for f in record["faults"]:
+        if f["kind"] in KILLS and f["injected"] and f["id"] != but:
+            killed |= set(f["pids"]) | {p for p, _, _ in f.get("firings", [])}
+    return killed
 
 
 def _pid(name: str | None) -> int | None:
@@ -443,6 +448,8 @@ def _in_spec(f: dict, facts: Facts) -> tuple[str, str]:
         ok = facts.event("failure", m, None, f"chaos {f['id']}") and charged
     elif kind in ("kill_after_claim", "kill_in_train", "kill_ckpt_written"):
         ok = facts.taken_over([(m, k, name)])
+        if not ok and facts.event("released", m, k, "stops taking work", worker=name):
+            return NO_HARM, "its worker stopped first (a broken disk or device) and handed the interval back"
     elif kind == "metric_nan":
         if facts.event("lease_expired", m, k, f"lease of {name} expired") and pid not in facts.killed:
             return UNREPORTED, "its worker died of it"
@@ -529,7 +536,11 @@ def _sigterm(f: dict, facts: Facts) -> tuple[str, str]:
     row = facts.done_row(m, k)
     if row is None or row["attempts"] > len(others):
         return UNREPORTED, f"attempts {row and row['attempts']} after {len(signalled)} preemptions"
-    rcs = [w["rc"] for w in facts.record.get("workers", []) if w["pid"] in signalled and w["rc"] is not None]
+    rcs = [
+        w["rc"]
+        for w in facts.record.get("workers", [])
+        if w["pid"] in signalled and w["rc"] is not None and w["pid"] not in facts.killed
+    ]
     if any(rc != 143 for rc in rcs):
         return UNREPORTED, f"a preempted worker exited {rcs}, not 143"
     return REPORTED, f"{len(signalled)} preemptions, each handed back; attempts {row['attempts']}"
@@ -584,6 +595,8 @@ def _never_cut(f: dict, facts: Facts) -> tuple[str, str]:
     """The link goes down just after the worker's first save; a worker whose first save was
     the run's last may end first, its result committed: the cut never struck."""
     w = facts.worker(f["id"]) or {}
+    if _pid(w.get("name")) in _killed(facts.record, but=f["id"]):
+        return NO_HARM, "another fault killed it before its first save cut the link"
     if w.get("rc") != 0 or facts.record.get("status") != "finished":
         return UNREPORTED, f"the worker's first save never cut the link, and it exited {w.get('rc')}"
     if not f["firings"]:
@@ -656,6 +669,8 @@ def _sick(f: dict, facts: Facts) -> tuple[str, str]:
         return UNREPORTED, "exit 3 but no worker_fault event"
     if w.get("rc") == 0 and len(mine) < MAX_ATTEMPTS:
         return NO_HARM, f"the run ended after {len(mine)} of its failures"
+    if _pid(name) in facts.killed:  # a member that kills whoever trains it (poison_task)
+        return NO_HARM, f"another fault killed it after {len(mine)} of its failures"
     return UNREPORTED, f"exit {w.get('rc')} after {len(mine)} failures"
 
 

@@ -330,3 +330,42 @@ def test_a_member_replaced_for_the_sick_worker_fails_unless_it_fails_everywhere_
     paid = (verdict.UNREPORTED, "member 0 paid for the sick worker at interval 1")
     assert outcome("f5", replaced_for_the_sick, False) == paid
     assert outcome("f5", replaced_for_the_sick, True) == (verdict.REPORTED, "it blamed itself after 2 failures")
+
+
+def test_a_sigtermed_worker_that_another_fault_killed_need_not_exit_143():
+    def preempted(r, killed: bool):
+        r["faults"].append(fault("f7", "sigterm_preempt", member=1, interval=1, facts={"sigterm": [12]}))
+        r["workers"].append(dict(name=f"{HOST}:12", pid=12, rc=-9 if killed else 1, out=""))
+        r["events"].append(
+            dict(kind="released", member=1, interval=1, message="worker stopped by SIGTERM; not an attempt")
+            | {"worker": f"{HOST}:12", "at": T0 + 1.0}
+        )
+        if killed:
+            r["faults"].append(fault("f8", "kill_worker_random", pids=[12]))
+
+    assert outcome("f7", preempted, False) == (verdict.UNREPORTED, "a preempted worker exited [1], not 143")
+    assert outcome("f7", preempted, True)[0] == verdict.REPORTED
+
+
+def test_a_kill_in_user_code_that_a_broken_disk_forestalled_is_no_harm():
+    def forestalled(r, handed_back: bool):
+        r["faults"].append(fault("f5", "kill_ckpt_written", member=0, interval=1, firings=[[13, 0, 1]]))
+        if handed_back:  # its save met the full disk before the kill point
+            message = "worker box:13 stops taking work: checkpoint directory /c is unusable; handed back"
+            r["events"].append(dict(kind="released", member=0, interval=1, message=message, worker=f"{HOST}:13"))
+
+    assert outcome("f5", forestalled, False)[0] == verdict.UNREPORTED  # neither taken over nor handed back
+    assert outcome("f5", forestalled, True)[0] == verdict.NO_HARM
+
+
+def test_special_workers_killed_by_a_member_that_kills_everyone_are_no_harm():
+    def poisoned(r, kind: str, killed: bool):
+        role = "sick" if kind == "sick_worker" else "netns:f5"
+        r["faults"].append(fault("f5", kind, facts={}))
+        r["workers"].append(dict(name=f"{HOST}:14", pid=14, role=role, fault="f5", rc=-9, out=""))
+        if killed:
+            r["faults"].append(fault("f6", "poison_task", member=0, interval=2, firings=[[14, 0, 2]], pids=[14]))
+
+    for kind in ("sick_worker", "netns_cut"):
+        assert outcome("f5", poisoned, kind, False)[0] == verdict.UNREPORTED, kind
+        assert outcome("f5", poisoned, kind, True)[0] == verdict.NO_HARM, kind

@@ -242,7 +242,7 @@ def test_a_failed_attempt_is_retried_only_after_its_delay_by_the_database_clock(
     assert (retry.member, retry.attempts) == (failing.member, 1)
 
 
-def test_a_retry_goes_to_another_worker_while_one_is_training(store):
+def test_a_retry_goes_to_another_worker_while_there_is_one(store):
     exp = store.create_experiment(config(population=3, intervals=1), "/tmp")
     held = store.claim(exp.id, "good", "cpu")
     failed = store.claim(exp.id, "sick", "cpu")
@@ -250,25 +250,27 @@ def test_a_retry_goes_to_another_worker_while_one_is_training(store):
     other = store.claim(exp.id, "sick", "cpu")
     assert other.member not in (held.member, failed.member)  # its own failure is left to the others
     store.report(other, result(1.0))
-    assert store.claim(exp.id, "sick", "cpu") is None  # "good" is training: it will come for it
-    retry = store.claim(exp.id, "third", "cpu")
+    store.report(held, result(2.0))
+    assert store.claim(exp.id, "sick", "cpu") is None  # "good" just reported: it will come for it
+    retry = store.claim(exp.id, "good", "cpu")
     assert (retry.member, retry.attempts) == (failed.member, 1)
 
 
-def test_a_worker_retries_its_own_failure_when_nobody_else_trains_or_a_lease_passed(store):
+def test_a_worker_retries_its_own_failure_when_no_other_worker_trained_for_two_leases(store):
     exp = store.create_experiment(config(population=2, intervals=1), "/tmp")
     failed = store.claim(exp.id, "alone", "cpu")
     store.fail(failed, "boom")
     retry = store.claim(exp.id, "alone", "cpu")  # a worker on its own is not kept waiting
     assert (retry.member, retry.attempts) == (failed.member, 1)
     exp = store.create_experiment(config("b", population=2, intervals=1), "/tmp")
-    store.claim(exp.id, "good", "cpu")
-    failed = store.claim(exp.id, "sick", "cpu")
+    store.report(store.claim(exp.id, "gone", "cpu"), result(1.0))
+    failed = store.claim(exp.id, "left", "cpu")
     store.fail(failed, "boom")
-    assert store.claim(exp.id, "sick", "cpu") is None
-    with store.engine.begin() as conn:  # as if the database's clock moved on by a lease
-        conn.execute(update(schema.tasks).where(schema.tasks.c.id == failed.id).values(retry_at=0.0))
-    assert store.claim(exp.id, "sick", "cpu").member == failed.member
+    assert store.claim(exp.id, "left", "cpu") is None
+    with store.engine.begin() as conn:  # as if the database's clock moved on by two leases
+        t = schema.tasks
+        conn.execute(update(t).where(t.c.experiment_id == exp.id, t.c.worker == "gone").values(lease_expires=0.0))
+    assert store.claim(exp.id, "left", "cpu").member == failed.member
 
 
 def test_a_released_task_is_claimable_at_once_and_no_attempt_is_counted(store):

@@ -173,6 +173,7 @@ def test_a_healthy_worker_meeting_a_member_that_fails_everywhere_keeps_working(t
     replaced and given up as any failing member; the worker is not to blame and finishes."""
     monkeypatch.setenv("FAULTY_DIR", str(tmp_path))
     monkeypatch.setenv("FAULTY_RAISE", "train:0:1,train:1:1:1")
+    monkeypatch.setenv("FAULTY_LEASE", "1")  # "other" is gone: its own retries wait 2 leases for it
     spec = load_spec(str(SPECS / "faulty.py"))
     store = open_store(f"sqlite:///{tmp_path / 'popbt.db'}")
     try:
@@ -198,6 +199,7 @@ def test_a_healthy_worker_meeting_one_off_faults_of_three_members_in_a_row_keeps
     the members' own, not a broken host's (before: it stopped with WorkerFault)."""
     monkeypatch.setenv("FAULTY_DIR", str(tmp_path))
     monkeypatch.setenv("FAULTY_RAISE", "build:0:1:1,train:1:1:1,evaluate:2:1:1")
+    monkeypatch.setenv("FAULTY_LEASE", "1")  # "other" is gone: its own retries wait 2 leases for it
     spec = load_spec(str(SPECS / "faulty.py"))
     store = open_store(f"sqlite:///{tmp_path / 'popbt.db'}")
     try:

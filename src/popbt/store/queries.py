@@ -44,21 +44,27 @@ CLOCK = select(NOW)
 
 WHO = bindparam("who", type_=Text)
 LEASE = bindparam("lease", type_=Float)
-_busy = t.alias("busy")
-_OTHERS_TRAINING = (
-    select(_busy.c.id)
+# the youngest age of the members still in the run: every running task and every member's
+# latest result is at that interval or later
+_SLOWEST = select(func.min(m.c.age)).where(m.c.experiment_id == EXP, m.c.given_up_at.is_(None)).scalar_subquery()
+_peer = t.alias("peer")
+# another worker trained here lately: it holds a lease, or the lease of a result it reported
+# ran out less than two leases ago (one frozen or locked out for a while still counts)
+_OTHERS_AROUND = (
+    select(_peer.c.id)
     .where(
-        _busy.c.experiment_id == EXP,
-        _busy.c.state == RUNNING,
-        _busy.c.lease_expires > NOW,
-        _busy.c.worker != WHO,
+        _peer.c.experiment_id == EXP,
+        _peer.c.state.in_((RUNNING, DONE)),
+        _peer.c.interval >= _SLOWEST,
+        _peer.c.worker != WHO,
+        _peer.c.lease_expires > NOW - 2 * LEASE,
     )
     .exists()
 )
-# A retry goes to another worker while one is training (it comes free within an interval),
-# for a lease at most: a worker whose own device is broken cannot burn one member's attempts
-# by itself, and a member failing everywhere is met by more than one worker (popbt/blame.py).
-_RETRY_HERE = or_(t.c.worker != WHO, t.c.retry_at + LEASE <= NOW, ~_OTHERS_TRAINING)
+# A failed task is retried by another worker while there is one: a worker whose own device is
+# broken never spends one member's attempts by itself, and a member failing everywhere is met
+# by more than one worker (popbt/blame.py). Alone, a worker retries its own failures.
+_RETRY_HERE = or_(t.c.worker != WHO, ~_OTHERS_AROUND)
 # pending and past its retry delay, or running with a lease that expired (its worker died)
 CLAIMABLE = or_(
     and_(t.c.state == PENDING, or_(t.c.retry_at.is_(None), and_(t.c.retry_at <= NOW, _RETRY_HERE))),
@@ -87,7 +93,6 @@ _CANDIDATE = (
 CLAIM_NEXT = _CANDIDATE.order_by(t.c.interval, t.c.member).limit(1).with_for_update(skip_locked=True, of=t)
 # affinity: the task the worker just made claimable (the same member's next interval), unless
 # that member would run more than two intervals ahead of the slowest member still training
-_SLOWEST = select(func.min(m.c.age)).where(m.c.experiment_id == EXP, m.c.given_up_at.is_(None)).scalar_subquery()
 CLAIM_PREFERRED = (
     _CANDIDATE.where(
         t.c.member == bindparam("pref_member", type_=Integer),
