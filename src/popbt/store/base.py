@@ -294,8 +294,8 @@ class Store(abc.ABC):
         """A task leased to ``worker``, or None when nothing is claimable right now.
         ``prefer`` (member, interval): that task if it is claimable and its member is not more
         than a few intervals ahead of the slowest (affinity: the worker still holds its state).
-        A failed task is retried by another worker while another one holds a live lease, for
-        up to a lease past its retry delay: one bad host cannot spend a member's attempts."""
+        A failed task goes to another worker while there is one (another worker held a lease
+        here in the last two leases): one bad host cannot spend a member's attempts alone."""
 
     @abc.abstractmethod
     def wait_for_work(self, experiment_id: int, timeout: float, stop: threading.Event | None = None) -> None:
