@@ -448,8 +448,6 @@ def _in_spec(f: dict, facts: Facts) -> tuple[str, str]:
         ok = facts.event("failure", m, None, f"chaos {f['id']}") and charged
     elif kind in ("kill_after_claim", "kill_in_train", "kill_ckpt_written"):
         ok = facts.taken_over([(m, k, name)])
-        if not ok and facts.event("released", m, k, "stops taking work", worker=name):
-            return NO_HARM, "its worker stopped first (a broken disk or device) and handed the interval back"
     elif kind == "metric_nan":
         if facts.event("lease_expired", m, k, f"lease of {name} expired") and pid not in facts.killed:
             return UNREPORTED, "its worker died of it"
@@ -461,6 +459,8 @@ def _in_spec(f: dict, facts: Facts) -> tuple[str, str]:
     firings = f["firings"]
     if all(p in facts.killed and facts.taken_over([(mm, kk, f"{facts.host}:{p}")]) for p, mm, kk in firings):
         return REPORTED, "its worker was SIGKILLed by another fault first: the takeover says so"
+    if facts.event("released", m, k, worker=name):  # SIGTERM, or a broken disk met first
+        return NO_HARM, "its worker was stopped by another fault first and handed the interval back"
     return UNREPORTED, f"member {m} interval {k}: no line says so"
 
 

@@ -347,14 +347,20 @@ def test_a_sigtermed_worker_that_another_fault_killed_need_not_exit_143():
     assert outcome("f7", preempted, True)[0] == verdict.REPORTED
 
 
-def test_a_kill_in_user_code_that_a_broken_disk_forestalled_is_no_harm():
+@pytest.mark.parametrize(
+    "kind, why",
+    [
+        ("kill_ckpt_written", "worker box:13 stops taking work: checkpoint directory /c is unusable; handed back"),
+        ("score_string", "worker box:13 stopped by SIGTERM; not an attempt"),  # its launcher was killed
+    ],
+)
+def test_a_fault_in_user_code_that_another_fault_forestalled_is_no_harm(kind, why):
     def forestalled(r, handed_back: bool):
-        r["faults"].append(fault("f5", "kill_ckpt_written", member=0, interval=1, firings=[[13, 0, 1]]))
-        if handed_back:  # its save met the full disk before the kill point
-            message = "worker box:13 stops taking work: checkpoint directory /c is unusable; handed back"
-            r["events"].append(dict(kind="released", member=0, interval=1, message=message, worker=f"{HOST}:13"))
+        r["faults"].append(fault("f5", kind, member=0, interval=1, firings=[[13, 0, 1]]))
+        if handed_back:  # the save met the full disk before the kill point; SIGTERM came first
+            r["events"].append(dict(kind="released", member=0, interval=1, message=why, worker=f"{HOST}:13"))
 
-    assert outcome("f5", forestalled, False)[0] == verdict.UNREPORTED  # neither taken over nor handed back
+    assert outcome("f5", forestalled, False)[0] == verdict.UNREPORTED  # no line, nothing handed back
     assert outcome("f5", forestalled, True)[0] == verdict.NO_HARM
 
 
