@@ -8,6 +8,7 @@ up or remounted read-only while a worker trains (needs root, as CI runs).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -167,20 +168,36 @@ def test_a_run_of_different_errors_is_its_members_not_the_worker_s():
     assert not worker_to_blame([*streak, (3, 1, "ValueError: bad batch"), (0, 2, "KeyError: 'y'")], set())
 
 
+@contextlib.contextmanager
+def faulty(tmp_path, monkeypatch, raises: str):
+    """tests/specs/faulty.py raising as ``raises`` says (FAULTY_RAISE), with a store. Its lease
+    is short: the worker that trains first goes away, and a worker's own retries wait two
+    leases for another."""
+    monkeypatch.setenv("FAULTY_DIR", str(tmp_path))
+    monkeypatch.setenv("FAULTY_RAISE", raises)
+    monkeypatch.setenv("FAULTY_LEASE", "1")
+    spec = load_spec(str(SPECS / "faulty.py"))
+    store = open_store(f"sqlite:///{tmp_path / 'popbt.db'}")
+    try:
+        yield spec, store
+    finally:
+        store.close()
+
+
+def train_elsewhere(store, exp, spec, n: int) -> None:
+    """``n`` intervals trained, in the store's order, by a worker named "other"."""
+    other = Worker(store, exp, spec, name="other")
+    for _ in range(n):
+        other.train_one(store.claim(exp.id, other.name, "cpu"))
+
+
 def test_a_healthy_worker_meeting_a_member_that_fails_everywhere_keeps_working(tmp_path, monkeypatch):
     """Member 0 fails interval 1 on every worker, member 1 fails it once: a healthy worker
     meets them in a row (3 failures, 2 members) while another has results. Member 0 is
     replaced and given up as any failing member; the worker is not to blame and finishes."""
-    monkeypatch.setenv("FAULTY_DIR", str(tmp_path))
-    monkeypatch.setenv("FAULTY_RAISE", "train:0:1,train:1:1:1")
-    monkeypatch.setenv("FAULTY_LEASE", "1")  # "other" is gone: its own retries wait 2 leases for it
-    spec = load_spec(str(SPECS / "faulty.py"))
-    store = open_store(f"sqlite:///{tmp_path / 'popbt.db'}")
-    try:
+    with faulty(tmp_path, monkeypatch, "train:0:1,train:1:1:1") as (spec, store):
         exp = store.create_experiment(spec.config("blame", population=2, intervals=3, seed=0), str(tmp_path))
-        other = Worker(store, exp, spec, name="other")
-        for _ in range(3):  # interval 0 of both members, then member 0's interval 1, which fails
-            other.train_one(store.claim(exp.id, other.name, "cpu"))
+        train_elsewhere(store, exp, spec, 3)  # interval 0 of both members, then member 0's interval 1, which fails
         assert [(e.member, e.interval, e.worker) for e in store.events(exp.id, kinds=("failure",))] == [(0, 1, "other")]
         healthy = Worker(store, exp, spec, name="healthy")
         healthy.run(poll=0.05)  # before: WorkerFault after member 0, member 1, member 0 again
@@ -189,25 +206,16 @@ def test_a_healthy_worker_meeting_a_member_that_fails_everywhere_keeps_working(t
         assert not [e for e in events if e.kind == "worker_fault"]
         assert [(e.member, e.kind) for e in events if e.kind == "gave_up"] == [(0, "gave_up")]
         assert healthy.stats.done == 2  # member 1's intervals 1 (after its one failure) and 2
-    finally:
-        store.close()
 
 
 def test_a_healthy_worker_meeting_one_off_faults_of_three_members_in_a_row_keeps_working(tmp_path, monkeypatch):
     """Members 0, 1 and 2 each fail once, in build, train and evaluate, and a healthy worker
     meets the three in a row while another worker has results: three different errors are
     the members' own, not a broken host's (before: it stopped with WorkerFault)."""
-    monkeypatch.setenv("FAULTY_DIR", str(tmp_path))
-    monkeypatch.setenv("FAULTY_RAISE", "build:0:1:1,train:1:1:1,evaluate:2:1:1")
-    monkeypatch.setenv("FAULTY_LEASE", "1")  # "other" is gone: its own retries wait 2 leases for it
-    spec = load_spec(str(SPECS / "faulty.py"))
-    store = open_store(f"sqlite:///{tmp_path / 'popbt.db'}")
-    try:
+    with faulty(tmp_path, monkeypatch, "build:0:1:1,train:1:1:1,evaluate:2:1:1") as (spec, store):
         config = spec.config("oneoffs", population=4, intervals=2, seed=0, retry_delay=0.5)
         exp = store.create_experiment(config, str(tmp_path))
-        other = Worker(store, exp, spec, name="other")
-        for _ in range(4):  # interval 0 of every member
-            other.train_one(store.claim(exp.id, other.name, "cpu"))
+        train_elsewhere(store, exp, spec, 4)  # interval 0 of every member
         healthy = Worker(store, exp, spec, name="healthy")
         healthy.run(poll=0.05)
         events = store.events(exp.id, limit=1000)
@@ -215,8 +223,6 @@ def test_a_healthy_worker_meeting_one_off_faults_of_three_members_in_a_row_keeps
         assert not [e for e in events if e.kind == "worker_fault"]
         assert store.experiment("oneoffs").status == "finished"
         assert healthy.stats.done == 4
-    finally:
-        store.close()
 
 
 def test_the_failure_that_convicts_a_sick_worker_is_not_charged(tmp_path, monkeypatch):
