@@ -597,6 +597,8 @@ def _never_cut(f: dict, facts: Facts) -> tuple[str, str]:
     w = facts.worker(f["id"]) or {}
     if _pid(w.get("name")) in _killed(facts.record, but=f["id"]):
         return NO_HARM, "another fault killed it before its first save cut the link"
+    if _stopped_by_disk(w, facts):
+        return NO_HARM, "a broken disk stopped it (exit 3) before its first save could cut the link"
     if w.get("rc") != 0 or facts.record.get("status") != "finished":
         return UNREPORTED, f"the worker's first save never cut the link, and it exited {w.get('rc')}"
     if not f["firings"]:
@@ -671,7 +673,16 @@ def _sick(f: dict, facts: Facts) -> tuple[str, str]:
         return NO_HARM, f"the run ended after {len(mine)} of its failures"
     if _pid(name) in facts.killed:  # a member that kills whoever trains it (poison_task)
         return NO_HARM, f"another fault killed it after {len(mine)} of its failures"
+    if _stopped_by_disk(w, facts):
+        return NO_HARM, f"a broken disk stopped it (exit 3) after {len(mine)} of its failures"
     return UNREPORTED, f"exit {w.get('rc')} after {len(mine)} failures"
+
+
+def _stopped_by_disk(w: dict, facts: Facts) -> bool:
+    """A special worker (sick, cut off) that met a disk the campaign broke first: it stopped
+    with exit 3 and one line saying so, as any worker must."""
+    broken = facts.injected & (set(DISK) | {"save_half_oserror"})
+    return bool(broken) and w.get("rc") == 3 and "is unusable" in w.get("out", "")
 
 
 def _doomed(facts: Facts, m: int, k: int) -> bool:

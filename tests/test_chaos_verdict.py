@@ -375,3 +375,17 @@ def test_special_workers_killed_by_a_member_that_kills_everyone_are_no_harm():
     for kind in ("sick_worker", "netns_cut"):
         assert outcome("f5", poisoned, kind, False)[0] == verdict.UNREPORTED, kind
         assert outcome("f5", poisoned, kind, True)[0] == verdict.NO_HARM, kind
+
+
+def test_special_workers_stopped_by_a_broken_disk_are_no_harm_only_if_a_disk_was_broken():
+    def stopped(r, kind: str, disk: bool):
+        role = "sick" if kind == "sick_worker" else "netns:f5"
+        out = "popbt: error: checkpoint directory /c is unusable: No space left on device"
+        r["faults"].append(fault("f5", kind, facts={}))
+        r["workers"].append(dict(name=f"{HOST}:15", pid=15, role=role, fault="f5", rc=3, out=out))
+        if disk:
+            r["faults"].append(fault("f6", "disk_full", window=[T0, T0 + 1]))
+
+    for kind in ("sick_worker", "netns_cut"):
+        assert outcome("f5", stopped, kind, False)[0] == verdict.UNREPORTED, kind
+        assert outcome("f5", stopped, kind, True)[0] == verdict.NO_HARM, kind
