@@ -27,10 +27,11 @@ KILLS = {
 }
 UNREACHABLE = "stops taking work: the database was unreachable"
 DELETED = "was deleted while in use"
+BROKEN_DISK = set(DISK) | {"save_half_oserror"}  # ENOSPC from a save: the disk's fault
 # why a launcher's worker stopped (popbt run's last lines) -> the faults that explain it
 STOPPED = {
     "killed by SIGKILL": KILLS,
-    "cannot work here": set(DISK) | {"save_half_oserror"},  # ENOSPC from a save: the disk's fault
+    "cannot work here": BROKEN_DISK,
     "stopped by SIGTERM": {"sigterm_preempt"},
     "exit status 2": {"sqlite_lock_long", "sqlite_deleted"},
 }

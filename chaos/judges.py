@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from facts import (  # chaos/ is on sys.path (campaign.py, the tests)
+    BROKEN_DISK,
     MAX_ATTEMPTS,
     NO_HARM,
     REPORTED,
@@ -294,8 +295,7 @@ def _sick(f: dict, facts: Facts) -> tuple[str, str]:
 def _stopped_by_disk(w: dict, facts: Facts) -> bool:
     """A special worker (sick, cut off) that met a disk the campaign broke first: it stopped
     with exit 3 and one line saying so, as any worker must."""
-    broken = facts.injected & (set(DISK) | {"save_half_oserror"})
-    return bool(broken) and w.get("rc") == 3 and "is unusable" in w.get("out", "")
+    return bool(facts.injected & BROKEN_DISK) and w.get("rc") == 3 and "is unusable" in w.get("out", "")
 
 
 def _foreign_file(f: dict, facts: Facts) -> tuple[str, str]:
